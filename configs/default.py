@@ -1,0 +1,48 @@
+"""Shared defaults of every experiment; the other configs override a few fields."""
+import os
+
+import ml_collections
+
+
+def get_config():
+  """Returns the base config: the study's protocol on the CelebA gender faces."""
+  config = ml_collections.ConfigDict()
+  config.model = 'custom'  # 'custom' (from scratch), 'vgg16' or 'vggface' (frozen, pretrained).
+
+  # Data. The face folder: {train,valid,test}/{male,female}/*.jpg or a flat {male,female}.
+  config.data_dir = os.environ.get('GENDER_JAX_DATA', '../shared/data/celeba_gender')
+  # Where the TFDS dataset is built once and reused (never inside data_dir, which may be read-only).
+  config.tfds_dir = os.path.join(os.path.expanduser('~'), 'tensorflow_datasets')
+  config.num_train = 5000  # The study's protocol: a seeded, stratified subsample; -1 = all.
+  config.num_valid = 750
+  config.num_test = 750
+  config.image_size = 224
+  config.resize = 'stretch'  # 'stretch' the 89x109 faces to a square, or 'center_crop' them.
+  config.augment_flip = True  # Random horizontal flips (exact under feature caching).
+  config.augment_shift = 0.0  # Max random shift as a fraction of the size (images path only).
+  config.max_bad_fraction = 0.01  # Fail the dataset build if more images than this are bad.
+
+  # Model.
+  config.weights = ''  # Folder written by `python -m weights_convert` (pretrained models).
+  config.allow_random_base = False  # Run a pretrained model with a random base (testing only).
+  config.compute_dtype = 'float32'  # 'bfloat16' on GPU/TPU: the base's convolutions.
+  config.custom_channels = (32, 64, 128, 256)
+  config.custom_convs_per_block = 1
+  config.head_hidden = (256,)
+  config.head_pooling = 'flatten'  # 'flatten' as in the study, or 'gap'.
+  config.dropout_rate = 0.5
+
+  # Training.
+  config.batch_size = 64  # Global batch, split over all devices.
+  config.num_epochs = 10
+  config.optimizer = 'adam'
+  config.learning_rate = 1e-4
+  config.weight_decay = 0.0
+  config.warmup_epochs = 0
+  config.lr_schedule = 'constant'  # 'constant' or 'cosine'.
+  config.finetune_blocks = ()  # Base blocks to fine-tune, e.g. ('block5',); the rest is frozen.
+  config.finetune_learning_rate = 1e-5
+  config.cache_features = True  # Run a frozen base once per split and train the head on features.
+  config.seed = 0
+  config.eval_batch_size = 256
+  return config

@@ -1,0 +1,126 @@
+"""Flax models: a convolutional base under a dense head, params {'base': ..., 'head': ...}."""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from gender_jax import preprocessing
+
+# Keras VGG16 (include_top=False): output channels of each convolution, block by block.
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def vgg16_layer_names():
+  """Names of the 13 convolutions, `block{b}_conv{i}` as in keras.applications.VGG16."""
+  return [f'block{b}_conv{i}' for b, convs in enumerate(VGG16_BLOCKS, 1)
+          for i in range(1, len(convs) + 1)]
+
+
+class VGG16Base(nn.Module):
+  """The convolutional part of Keras VGG16: 13 3x3 'same' convs + ReLU, 5 2x2/2 max-pools.
+
+  Parameter names and shapes match Keras, so converted h5 weights load as they are. Any input of
+  32 px or more works; a 224 px input gives 7x7x512 features.
+  """
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if min(x.shape[-3:-1]) < 32:
+      raise ValueError(f'VGG16Base needs inputs of at least 32x32 px, got {x.shape[-3:-1]}.')
+    for b, convs in enumerate(VGG16_BLOCKS, 1):
+      for i, features in enumerate(convs, 1):
+        x = nn.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
+                    name=f'block{b}_conv{i}')(x)
+        x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    return x
+
+
+class CustomBase(nn.Module):
+  """A small CNN trained from scratch: the study's "untrained" model.
+
+  Design: plain VGG-style blocks (3x3 conv + GroupNorm + ReLU, then a 2x2 max-pool) whose width
+  doubles as the resolution halves, so every block costs about the same. GroupNorm instead of
+  BatchNorm keeps training stable from scratch without running statistics, so train and eval
+  behave the same and the params pytree stays the only state. Four blocks at ~100 px leave a
+  6x6 map whose receptive field covers the whole face.
+  """
+  channels: Sequence[int] = (32, 64, 128, 256)
+  convs_per_block: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for b, features in enumerate(self.channels, 1):
+      for i in range(1, self.convs_per_block + 1):
+        x = nn.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
+                    name=f'block{b}_conv{i}')(x)
+        x = nn.GroupNorm(num_groups=min(32, features // 4), dtype=self.dtype,
+                         name=f'block{b}_norm{i}')(x)
+        x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    return x
+
+
+class DenseHead(nn.Module):
+  """Features -> flatten (or global average pool) -> Dense+ReLU -> Dropout -> Dense(1) logit."""
+  hidden: Sequence[int] = (256,)
+  dropout_rate: float = 0.5
+  pooling: str = 'flatten'  # 'flatten' keeps spatial layout (the study); 'gap' averages it away.
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.astype(jnp.float32)
+    if self.pooling == 'gap':
+      x = x.mean(axis=(-3, -2))
+    elif self.pooling == 'flatten':
+      x = x.reshape(x.shape[0], -1)
+    else:
+      raise ValueError(f"Unknown pooling {self.pooling!r}; expected 'flatten' or 'gap'.")
+    for i, width in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(width, name=f'dense{i}')(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(1, name='logit')(x)[:, 0]
+
+
+class Classifier(nn.Module):
+  """Preprocessing, base and head joined: uint8 RGB images -> male logit.
+
+  `encode` (preprocess + base) and `classify` (head) are separate methods so a frozen base can
+  run once to cache features and the head can train on them alone.
+  """
+  base: nn.Module
+  head: nn.Module
+  preprocessing: str = 'unit'
+
+  def encode(self, images):
+    return self.base(preprocessing.preprocess(images, self.preprocessing))
+
+  def classify(self, features, train: bool = False):
+    return self.head(features, train=train)
+
+  def __call__(self, images, train: bool = False):
+    return self.classify(self.encode(images), train=train)
+
+
+def create_model(config, preprocessing_name=None):
+  """Builds the classifier a config asks for.
+
+  `preprocessing_name` comes from the converted weights' metadata for pretrained bases; the
+  custom base always uses 'unit'.
+  """
+  dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
+  if config.model == 'custom':
+    base = CustomBase(channels=tuple(config.custom_channels),
+                      convs_per_block=config.custom_convs_per_block, dtype=dtype)
+    preprocessing_name = 'unit'
+  elif config.model in ('vgg16', 'vggface'):
+    base = VGG16Base(dtype=dtype)
+    if preprocessing_name is None:
+      raise ValueError('A pretrained base needs the preprocessing named in its weights metadata.')
+  else:
+    raise ValueError(f"Unknown model {config.model!r}; expected 'custom', 'vgg16' or 'vggface'.")
+  head = DenseHead(hidden=tuple(config.head_hidden), dropout_rate=config.dropout_rate,
+                   pooling=config.head_pooling)
+  return Classifier(base=base, head=head, preprocessing=preprocessing_name)
