@@ -21,3 +21,32 @@ def celeba_gender_dir():
   if not (CELEBA_GENDER / 'train').is_dir():
     pytest.skip(f'real faces not found at {CELEBA_GENDER} (see README: Data)')
   return CELEBA_GENDER
+
+
+def write_synthetic_faces(root, counts=None, size=(24, 28), seed=0):
+  """A {train,valid,test}/{male,female} folder of small JPEGs a tiny model can separate.
+
+  Male images are brighter in the top half, female ones in the bottom half, under noise.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  counts = counts or {'train': 24, 'valid': 10, 'test': 10}
+  rng = np.random.default_rng(seed)
+  w, h = size
+  for split, per_class in counts.items():
+    for label, cls in enumerate(('female', 'male')):
+      folder = pathlib.Path(root) / split / cls
+      folder.mkdir(parents=True, exist_ok=True)
+      for i in range(per_class):
+        image = rng.integers(0, 120, (h, w, 3)).astype(np.float32)
+        half = slice(0, h // 2) if label else slice(h // 2, h)
+        image[half] += 100
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(
+            folder / f'{split}_{cls}_{i:03d}.jpg', quality=95)
+  return pathlib.Path(root)
+
+
+@pytest.fixture(scope='session')
+def synthetic_faces(tmp_path_factory):
+  """A small labelled face folder (read-only use), made once per test session."""
+  return write_synthetic_faces(tmp_path_factory.mktemp('faces'))
