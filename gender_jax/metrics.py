@@ -1,0 +1,63 @@
+"""Binary classification metrics of male logits against 0/1 labels, in plain numpy."""
+import numpy as np
+
+from gender_jax import LABELS
+
+
+def roc_curve(labels, scores):
+  """False and true positive rates over all thresholds (ties kept together), from (0, 0)."""
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  order = np.argsort(-scores, kind='stable')
+  scores, labels = scores[order], labels[order]
+  # The last index of each run of equal scores: a threshold between distinct scores.
+  ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+  tps = np.cumsum(labels)[ends]
+  fps = (ends + 1) - tps
+  tpr = np.r_[0.0, tps / max(labels.sum(), 1)]
+  fpr = np.r_[0.0, fps / max(len(labels) - labels.sum(), 1)]
+  return fpr, tpr
+
+
+def roc_auc(labels, scores):
+  """Area under the ROC curve (trapezoids, so ties count one half); NaN with one class only."""
+  if labels.min() == labels.max():
+    return float('nan')
+  fpr, tpr = roc_curve(labels, scores)
+  return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def sigmoid(logits):
+  return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def classification_metrics(labels, logits):
+  """Accuracy, precision, recall, F1 (male = positive), ROC AUC, loss, confusion matrix, counts.
+
+  Takes logits rather than probabilities: the loss stays exact and ROC ranks stay untied where
+  a float32 sigmoid would saturate. A logit >= 0 (P(male) >= 0.5) predicts male.
+  """
+  labels = np.asarray(labels).astype(np.int64)
+  logits = np.asarray(logits, dtype=np.float64)
+  predicted = (logits >= 0).astype(np.int64)
+  confusion = np.zeros((2, 2), np.int64)  # rows: true female/male; columns: predicted.
+  np.add.at(confusion, (labels, predicted), 1)
+  (tn, fp), (fn, tp) = confusion
+  precision = tp / (tp + fp) if tp + fp else 0.0
+  recall = tp / (tp + fn) if tp + fn else 0.0
+  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  loss = np.mean(np.logaddexp(0, logits) - labels * logits)  # Binary cross-entropy.
+  per_class = {name: float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else
+               float('nan') for c, name in enumerate(LABELS)}
+  return {
+      'accuracy': float((tn + tp) / len(labels)),
+      'precision': float(precision),
+      'recall': float(recall),
+      'f1': float(f1),
+      'roc_auc': roc_auc(labels, logits),
+      'loss': float(loss),
+      'confusion_matrix': confusion.tolist(),
+      'per_class_accuracy': per_class,
+      'num_examples': int(len(labels)),
+      'num_female': int((labels == 0).sum()),
+      'num_male': int((labels == 1).sum()),
+  }

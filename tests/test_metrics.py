@@ -1,0 +1,36 @@
+"""Classification metrics against hand-computed values."""
+import numpy as np
+import pytest
+
+from gender_jax import metrics
+
+
+def test_counts_precision_recall_f1_by_hand():
+  labels = np.array([0, 0, 0, 1, 1, 1])
+  logits = np.array([-2.0, 0.5, -3.0, 3.0, -1.0, 1.0])  # One mistake per class.
+  m = metrics.classification_metrics(labels, logits)
+  assert m['confusion_matrix'] == [[2, 1], [1, 2]]
+  assert m['accuracy'] == pytest.approx(4 / 6)
+  assert m['precision'] == pytest.approx(2 / 3)
+  assert m['recall'] == pytest.approx(2 / 3)
+  assert m['f1'] == pytest.approx(2 / 3)
+  assert m['per_class_accuracy'] == {'female': pytest.approx(2 / 3), 'male': pytest.approx(2 / 3)}
+  assert (m['num_examples'], m['num_female'], m['num_male']) == (6, 3, 3)
+
+
+def test_roc_auc_counts_ranked_pairs_and_ties_as_half():
+  labels = np.array([0, 0, 0, 1, 1, 1])
+  assert metrics.roc_auc(labels, np.array([-2.0, 0.5, -3.0, 3.0, -1.0, 1.0])) == (
+      pytest.approx(8 / 9))  # 8 of the 9 (male, female) pairs are ranked right.
+  assert metrics.roc_auc(np.array([0, 1]), np.array([1.0, 1.0])) == pytest.approx(0.5)
+
+
+def test_loss_is_binary_cross_entropy_of_logits():
+  labels, logits = np.array([0, 1]), np.array([0.0, 40.0])
+  expected = (np.log(2) + np.log1p(np.exp(-40.0))) / 2
+  assert metrics.classification_metrics(labels, logits)['loss'] == pytest.approx(expected)
+
+
+def test_logit_zero_predicts_male():
+  m = metrics.classification_metrics(np.array([1]), np.array([0.0]))
+  assert m['confusion_matrix'] == [[0, 0], [0, 1]]

@@ -1,0 +1,64 @@
+"""The Flax models: Keras-compatible VGG16 names and shapes, heads, the joined classifier."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import tiny
+from gender_jax import models
+
+
+def shapes(tree):
+  return jax.tree.map(jnp.shape, tree)
+
+
+def test_vgg16_base_has_keras_layer_names_and_shapes():
+  variables = jax.eval_shape(models.VGG16Base().init, jax.random.PRNGKey(0),
+                             jnp.zeros((1, 224, 224, 3)))
+  params = variables['params']
+  assert sorted(params) == sorted(models.vgg16_layer_names())
+  assert shapes(params['block1_conv1']) == {'kernel': (3, 3, 3, 64), 'bias': (64,)}
+  assert shapes(params['block5_conv3']) == {'kernel': (3, 3, 512, 512), 'bias': (512,)}
+  assert sum(x.size for x in jax.tree.leaves(params)) == 14_714_688  # Keras VGG16 notop.
+
+
+@pytest.mark.parametrize('size,out', [(224, 7), (32, 1), (112, 3)])
+def test_vgg16_base_output_size(size, out):
+  y = jax.eval_shape(lambda: models.VGG16Base().init_with_output(
+      jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)))[0])
+  assert y.shape == (2, out, out, 512)
+
+
+def test_vgg16_base_rejects_inputs_under_32px():
+  with pytest.raises(ValueError, match='at least 32x32'):
+    models.VGG16Base().init(jax.random.PRNGKey(0), jnp.zeros((1, 31, 31, 3)))
+
+
+def test_vgg16_base_computes_in_bfloat16_when_asked():
+  y, _ = models.VGG16Base(dtype=jnp.bfloat16).init_with_output(
+      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  assert y.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('model', ['custom', 'vgg16'])
+def test_classifier_params_are_base_and_head_and_output_one_logit(model):
+  config = tiny.get_config(model)
+  classifier = models.create_model(config, 'caffe_imagenet')
+  images = jnp.zeros((3, 32, 32, 3), jnp.uint8)
+  logits, variables = classifier.init_with_output(jax.random.PRNGKey(0), images)
+  assert set(variables['params']) == {'base', 'head'}
+  assert logits.shape == (3,)
+
+
+def test_dropout_only_in_training():
+  head = models.DenseHead(hidden=(16,), dropout_rate=0.5)
+  x = jnp.ones((4, 2, 2, 8))
+  params = head.init(jax.random.PRNGKey(0), x)
+  assert (head.apply(params, x) == head.apply(params, x)).all()
+  a = head.apply(params, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)})
+  b = head.apply(params, x, train=True, rngs={'dropout': jax.random.PRNGKey(2)})
+  assert not (a == b).all()
+
+
+def test_pretrained_model_needs_its_preprocessing():
+  with pytest.raises(ValueError, match='preprocessing'):
+    models.create_model(tiny.get_config('vggface'))
