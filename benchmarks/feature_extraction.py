@@ -1,0 +1,244 @@
+"""VGG16 feature extraction speed: gender_jax's jitted base against the same network in PyTorch.
+
+Both sides take a batch of uint8 RGB images already on the device, apply the caffe preprocessing
+(RGB -> BGR, minus the ImageNet means) and run the 13 convolutions and 5 pools of VGG16; the
+weights are random (speed does not depend on them). Prints img/s per setting and the ratio
+JAX / PyTorch, both measured in this run. Warm-up (compilation, cuDNN autotuning) is excluded.
+
+  python benchmarks/feature_extraction.py                       # CPU, 112 and 224 px, fp32/bf16
+  python benchmarks/feature_extraction.py --device=gpu --batch=256 --iters=20
+  python benchmarks/feature_extraction.py --pipeline            # also train.extract_features
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+
+_CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
+  parser.add_argument('--sizes', default='112,224', help='Image sizes in px, comma separated.')
+  parser.add_argument('--dtypes', default='float32,bfloat16', help='Compute dtypes.')
+  parser.add_argument('--batch', type=int, default=8, help='Images per forward pass.')
+  parser.add_argument('--iters', type=int, default=3, help='Timed forward passes per setting.')
+  parser.add_argument('--warmup', type=int, default=1, help='Untimed passes first (compiles).')
+  parser.add_argument('--frameworks', default='jax,torch', help='Which sides to run.')
+  parser.add_argument('--pipeline', action='store_true',
+                      help="Also time gender_jax.train.extract_features over the device mesh, "
+                           "the project's own path (host uint8 batches in, float32 numpy out).")
+  parser.add_argument('--pipeline_images', type=int, default=0,
+                      help='Images in the split the pipeline extracts (default: 4 batches).')
+  parser.add_argument('--json', default='', help='Also write the results to this file.')
+  return parser.parse_args(argv)
+
+
+def random_images(batch, size, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+
+def time_interleaved(fns, warmup, iters):
+  """Median seconds per call of each of `fns` ({name: blocking callable}).
+
+  The callables take turns within each round, so load from other processes on a shared machine
+  slows every side alike instead of whichever happened to run at the time.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(iters):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX: the project's own model.
+# ---------------------------------------------------------------------------------------------
+def jax_classifier(dtype):
+  """gender_jax's VGG16 classifier with caffe preprocessing and a compute dtype."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gender_jax import models  # pylint: disable=g-import-not-at-top
+  return models.Classifier(base=models.VGG16Base(dtype=jnp.dtype(dtype)),
+                           head=models.DenseHead(), preprocessing='caffe_imagenet')
+
+
+def jax_params(model, size):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(model.init)(jax.random.key(0), np.zeros((1, size, size, 3), np.uint8))['params']
+
+
+def jax_extractor(size, dtype, batch):
+  """A call of the jitted encode (preprocess + base) on a batch of device-resident images."""
+  import jax  # pylint: disable=g-import-not-at-top
+  model = jax_classifier(dtype)
+  params = jax_params(model, size)
+  encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method='encode'))
+  images = jax.device_put(random_images(batch, size))
+  return lambda: encode(params, images).block_until_ready()
+
+
+def pipeline_extractor(size, dtype, batch, num_images):
+  """A call of train.extract_features on a split of `num_images` random uint8 images."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from gender_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  model = jax_classifier(dtype)
+  params = jax_params(model, size)
+  mesh = train.Mesh.create()
+  split = input_pipeline.Split.from_arrays(
+      random_images(num_images, size), np.arange(num_images) % 2)
+  return lambda: train.extract_features(mesh, model.apply, params, split, batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch: the same network built by hand (torchvision's vgg16().features has the same layers).
+# ---------------------------------------------------------------------------------------------
+def torch_vgg16_features():
+  """VGG16's convolutional part as an nn.Sequential: 3x3 same convs + ReLU, 2x2/2 max-pools."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from gender_jax import models  # pylint: disable=g-import-not-at-top
+  layers, channels = [], 3
+  for block in models.VGG16_BLOCKS:
+    for features in block:
+      layers += [torch.nn.Conv2d(channels, features, 3, padding=1), torch.nn.ReLU(inplace=True)]
+      channels = features
+    layers.append(torch.nn.MaxPool2d(2, 2))
+  return torch.nn.Sequential(*layers)
+
+
+def torch_load_jax_params(net, params):
+  """Copies the Flax base's kernels (3, 3, in, out) and biases into the nn.Sequential."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from gender_jax import models  # pylint: disable=g-import-not-at-top
+  convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+  for conv, name in zip(convs, models.vgg16_layer_names()):
+    kernel = np.array(params['base'][name]['kernel'], np.float32).transpose(3, 2, 0, 1)
+    conv.weight.data.copy_(torch.from_numpy(kernel))
+    conv.bias.data.copy_(torch.from_numpy(np.array(params['base'][name]['bias'], np.float32)))
+
+
+def check_same_network(size=32):
+  """Relative difference of the JAX and PyTorch features for the same weights and images."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  model = jax_classifier('float32')
+  params = jax_params(model, size)
+  images = random_images(2, size, seed=1)
+  ours = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x, method='encode'))(
+      params, images))
+  net = torch_vgg16_features().eval()
+  torch_load_jax_params(net, params)
+  means = torch.tensor(_CAFFE_BGR_MEANS).view(1, 3, 1, 1)
+  with torch.inference_mode():
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).flip(1).float() - means
+    theirs = net(x).permute(0, 2, 3, 1).numpy()
+  return float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
+
+
+def torch_extractor(size, dtype, batch, device):
+  """A call of uint8 NHWC -> caffe preprocessing -> channels_last VGG16 in eval mode."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch_device = 'cuda' if device == 'gpu' else 'cpu'
+  net = torch_vgg16_features().eval().to(torch_device, memory_format=torch.channels_last)
+  means = torch.tensor(_CAFFE_BGR_MEANS, device=torch_device).view(1, 3, 1, 1)
+  images = torch.from_numpy(random_images(batch, size)).to(torch_device)
+  autocast = torch.autocast(torch_device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+
+  def run():
+    with torch.inference_mode(), autocast:
+      # NHWC uint8 viewed as NCHW is already channels_last; flip RGB -> BGR, subtract means.
+      x = images.permute(0, 3, 1, 2).flip(1).float() - means
+      out = net(x.contiguous(memory_format=torch.channels_last))
+    if device == 'gpu':
+      torch.cuda.synchronize()
+    return out
+
+  if device == 'gpu':
+    torch.backends.cudnn.benchmark = True
+  return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------------------------
+def versions(frameworks):
+  import jax  # pylint: disable=g-import-not-at-top
+  out = {'jax': jax.__version__, 'jax_devices': str(jax.devices())}
+  if 'torch' in frameworks:
+    import torch  # pylint: disable=g-import-not-at-top
+    out['torch'] = torch.__version__
+    out['torch_threads'] = torch.get_num_threads()
+    if torch.cuda.is_available():
+      out['torch_device'] = torch.cuda.get_device_name()
+  return out
+
+
+def run(args):
+  """Times every (size, dtype) setting on each framework; returns a list of result rows."""
+  frameworks = args.frameworks.split(',')
+  rows = []
+  for size in [int(s) for s in args.sizes.split(',')]:
+    for dtype in args.dtypes.split(','):
+      fns, images = {}, {}
+      if 'jax' in frameworks:
+        fns['jax'], images['jax'] = jax_extractor(size, dtype, args.batch), args.batch
+      if 'torch' in frameworks:
+        fns['torch'] = torch_extractor(size, dtype, args.batch, args.device)
+        images['torch'] = args.batch
+      if args.pipeline:
+        images['pipeline'] = args.pipeline_images or 4 * args.batch
+        fns['pipeline'] = pipeline_extractor(size, dtype, args.batch, images['pipeline'])
+      seconds = time_interleaved(fns, args.warmup, args.iters)
+      row = {'size': size, 'dtype': dtype, 'batch': args.batch}
+      row.update({f'{name}_img_s': images[name] / t for name, t in seconds.items()})
+      if 'jax_img_s' in row and 'torch_img_s' in row:
+        row['jax_over_torch'] = row['jax_img_s'] / row['torch_img_s']
+      rows.append(row)
+      print(format_row(row), flush=True)
+  return rows
+
+
+def format_row(row):
+  cells = [f"{row['size']:4d} px {row['dtype']:9s} batch {row['batch']:4d}"]
+  for key, label in (('jax_img_s', 'jax'), ('torch_img_s', 'torch'),
+                     ('pipeline_img_s', 'pipeline')):
+    if key in row:
+      cells.append(f'{label} {row[key]:9.1f} img/s')
+  if 'jax_over_torch' in row:
+    cells.append(f"jax/torch {row['jax_over_torch']:.2f}x")
+  return ' | '.join(cells)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  # Pick the JAX backend before jax is first imported.
+  os.environ.setdefault('JAX_PLATFORMS', 'cuda' if args.device == 'gpu' else 'cpu')
+  info = versions(args.frameworks.split(','))
+  print(json.dumps(info))
+  if 'torch' in args.frameworks:
+    # A speed ratio only means something if both sides compute the same function.
+    info['relative_difference'] = check_same_network()
+    print(f"same network: JAX vs PyTorch features differ by {info['relative_difference']:.1e}")
+    if info['relative_difference'] > 1e-3:
+      raise SystemExit('JAX and PyTorch VGG16 disagree; the comparison would be meaningless.')
+  rows = run(args)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'args': vars(args), 'versions': info, 'results': rows}, f, indent=1)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
