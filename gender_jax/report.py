@@ -1,0 +1,393 @@
+"""The comparison report: a markdown table and figures from trained run directories.
+
+Usage: python -m gender_jax.report RUN_DIR... [--out DIR] [--data_dir DIR]
+
+A RUN_DIR is a run directory (it holds results.json) or a study directory whose subfolders are
+run directories; a study's study.json adds its skipped experiments, command and machine.
+"""
+import dataclasses
+import datetime
+import csv
+import json
+import pathlib
+import platform
+
+from absl import app
+from absl import flags
+import matplotlib
+matplotlib.use('Agg')  # Files only: no display on servers and in tests.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+from PIL import Image
+
+from gender_jax import LABELS
+from gender_jax import metrics
+
+FIGURES = 'figures'
+STUDY_FILE = 'study.json'
+RESULTS_FILE = 'results.json'
+
+
+@dataclasses.dataclass
+class Run:
+  """What one run directory holds, as the report needs it."""
+  name: str
+  workdir: pathlib.Path
+  results: dict
+  history: list  # One dict per epoch, from metrics.jsonl.
+  paths: list  # Test images, relative to data_dir.
+  labels: np.ndarray  # 0/1 per test image.
+  p_male: np.ndarray
+  entry: dict = dataclasses.field(default_factory=dict)  # Its study.json entry, if any.
+
+  @property
+  def predicted(self):
+    return (self.p_male >= 0.5).astype(np.int64)
+
+  @property
+  def data_dir(self):
+    return pathlib.Path(self.results.get('data_dir') or '')
+
+
+@dataclasses.dataclass
+class Study:
+  """Run directories to compare, and what study.json files say about the runs they hold."""
+  runs: list
+  skipped: dict  # Model -> reason, for experiments a study skipped.
+  studies: list  # (directory, study.json contents).
+
+
+def _read_jsonl(path):
+  """One dict per epoch; a resumed run that logged an epoch twice keeps its last entry."""
+  if not path.exists():
+    return []
+  by_epoch = {}
+  for line in path.read_text().splitlines():
+    if line.strip():
+      entry = json.loads(line)
+      by_epoch[entry['epoch']] = entry
+  return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _read_predictions(path):
+  """predictions_test.csv -> (paths, labels, p_male)."""
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  return ([r['path'] for r in rows], np.array([int(r['label']) for r in rows], np.int64),
+          np.array([float(r['p_male']) for r in rows], np.float64))
+
+
+def load_run(workdir):
+  """Reads a run directory written by gender_jax.train (see the run directory contract)."""
+  workdir = pathlib.Path(workdir)
+  results = json.loads((workdir / RESULTS_FILE).read_text())
+  paths, labels, p_male = _read_predictions(workdir / 'predictions_test.csv')
+  return Run(name=workdir.name, workdir=workdir, results=results,
+             history=_read_jsonl(workdir / 'metrics.jsonl'),
+             paths=paths, labels=labels, p_male=p_male)
+
+
+def load_study(dirs):
+  """Finds the run directories in `dirs` (runs, or studies holding runs) and reads them."""
+  runs, skipped, studies = [], {}, []
+  for d in map(pathlib.Path, dirs):
+    if (d / RESULTS_FILE).exists():
+      runs.append(load_run(d))
+      continue
+    if not d.is_dir():
+      raise FileNotFoundError(f'{d} is not a run directory nor a study directory.')
+    if (d / STUDY_FILE).exists():
+      study = json.loads((d / STUDY_FILE).read_text())
+      studies.append((d, study))
+      entries = {d / e['workdir']: e for e in study['experiments'].values()}
+      skipped.update({m: e['reason'] for m, e in study['experiments'].items()
+                      if e['status'] == 'skipped'})
+    else:
+      entries = {p: {} for p in sorted(d.iterdir()) if p.is_dir()}
+    for subdir, entry in entries.items():
+      if (subdir / RESULTS_FILE).exists():
+        runs.append(dataclasses.replace(load_run(subdir), entry=entry))
+  if not runs and not skipped:
+    raise FileNotFoundError(f'No run directories (with {RESULTS_FILE}) in {list(dirs)}.')
+  return Study(runs=runs, skipped=skipped, studies=studies)
+
+
+# --- Table ---------------------------------------------------------------------------------
+
+
+def weights_provenance(weights):
+  """Where the base's weights came from, in one table cell; a random base is said loudly."""
+  if not weights:
+    return 'none (trained from scratch)'
+  if weights.get('random_base'):
+    return '**RANDOM BASE (NOT PRETRAINED)**'
+  sha = weights.get('h5_sha256') or ''
+  return f"{weights.get('source', '?')} (sha256 {sha[:12]})"
+
+
+def _seconds(s):
+  return '' if s is None else f'{s:.1f}'
+
+
+def comparison_table(study):
+  """The markdown table: test metrics, size, speed and weights of each run; skips as rows."""
+  header = ['Run', 'Model', 'Test images', 'Accuracy', 'Precision', 'Recall', 'F1', 'ROC AUC',
+            'Female acc.', 'Male acc.', 'Trainable params', 'Total params', 'Train time (s)',
+            'Total time (s)', 'Train images/s', 'Best epoch', 'Weights']
+  rows = []
+  for run in study.runs:
+    r, m = run.results, run.results['metrics']
+    rows.append([
+        run.name, r['model'], str(m['num_examples']),
+        *(f'{m[k]:.4f}' for k in ('accuracy', 'precision', 'recall', 'f1', 'roc_auc')),
+        *(f"{m['per_class_accuracy'][c]:.4f}" for c in LABELS),
+        f"{r['params']['trainable']:,}", f"{r['params']['total']:,}",
+        _seconds(r.get('train_seconds')), _seconds(r.get('total_seconds')),
+        f"{r.get('train_images_per_second', float('nan')):.1f}",
+        f"{r.get('best_epoch')}/{r.get('num_epochs')}", weights_provenance(r.get('weights'))])
+  for model in study.skipped:
+    rows.append([model, model, 'skipped (see below)'] + [''] * (len(header) - 3))
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+# --- Figures -------------------------------------------------------------------------------
+
+
+def _colors(runs):
+  return {run.name: f'C{i}' for i, run in enumerate(runs)}
+
+
+def plot_learning_curves(runs, path):
+  """Train (solid) and valid (dashed) loss and accuracy per epoch, all runs on shared axes."""
+  colors = _colors(runs)
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, metric in zip(axes, ('loss', 'accuracy')):
+    for run in runs:
+      epochs = [e['epoch'] for e in run.history]
+      for split, style in (('train', '-'), ('valid', '--')):
+        ax.plot(epochs, [e[f'{split}_{metric}'] for e in run.history], style, marker='.',
+                color=colors[run.name], label=f'{run.name} {split}')
+      best = run.results.get('best_epoch')
+      if best in epochs:
+        ax.plot(best, run.history[epochs.index(best)][f'valid_{metric}'], '*', ms=12,
+                color=colors[run.name])
+    ax.set(xlabel='epoch', ylabel=metric, title=f'{metric} (star: best valid epoch)')
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_confusion_and_roc(runs, path):
+  """A confusion matrix per run (counts and row percentages), then all ROC curves together."""
+  colors = _colors(runs)
+  fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4 * (len(runs) + 1), 4), squeeze=False)
+  axes = axes[0]
+  for ax, run in zip(axes, runs):
+    confusion = np.asarray(run.results['metrics']['confusion_matrix'])
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(confusion):
+      ax.text(j, i, f'{count}\n{rates[i, j]:.1%}', ha='center', va='center',
+              color='white' if rates[i, j] > 0.5 else 'black')
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=LABELS, yticklabels=LABELS,
+           xlabel='predicted', ylabel='true', title=run.name)
+  ax = axes[-1]
+  for run in runs:
+    fpr, tpr = metrics.roc_curve(run.labels, run.p_male)
+    auc = run.results['metrics']['roc_auc']
+    ax.plot(fpr, tpr, color=colors[run.name], label=f'{run.name} (AUC {auc:.4f})')
+  ax.plot([0, 1], [0, 1], ':', color='gray')
+  ax.set(xlabel='false positive rate (female called male)', ylabel='true positive rate',
+         title='ROC, test set', aspect='equal')
+  ax.legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def sample_indices(run, per_class):
+  """The same test images for every run that shares a protocol: seeded, per class."""
+  order = np.argsort(run.paths)  # Independent of the CSV's row order.
+  rng = np.random.default_rng(0)
+  chosen = [rng.permutation(order[run.labels[order] == c])[:per_class] for c in (0, 1)]
+  return np.concatenate(chosen)
+
+
+def confident_mistakes(run, k):
+  """Indices of the k mistakes made with the highest probability on the wrong class."""
+  wrong = np.flatnonzero(run.predicted != run.labels)
+  confidence = np.abs(run.p_male[wrong] - 0.5)
+  return wrong[np.argsort(-confidence, kind='stable')[:k]]
+
+
+def _show_image(ax, run, i):
+  """One test image titled with the prediction; a mistake gets a red frame and title."""
+  image = Image.open(run.data_dir / run.paths[i]).convert('RGB')
+  ax.imshow(image)
+  mistake = run.predicted[i] != run.labels[i]
+  color = 'red' if mistake else 'green'
+  title = f'{LABELS[run.predicted[i]]} P(m)={run.p_male[i]:.2f}'
+  if mistake:
+    title += f'\nWRONG, true {LABELS[run.labels[i]]}'
+  ax.set_title(title, fontsize=8, color=color)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  for spine in ax.spines.values():
+    spine.set(color=color, linewidth=4 if mistake else 1)
+
+
+def plot_image_grid(runs, indices, path):
+  """A row of test images per run (`indices[run.name]`); empty cells stay blank."""
+  columns = max(1, max(len(ix) for ix in indices.values()))
+  fig, axes = plt.subplots(len(runs), columns, figsize=(1.6 * columns, 2.4 * len(runs)),
+                           squeeze=False)
+  for row, run in zip(axes, runs):
+    for ax in row:
+      ax.axis('off')
+    for ax, i in zip(row, indices[run.name]):
+      ax.axis('on')
+      _show_image(ax, run, i)
+    row[0].text(-0.15, 0.5, run.name, transform=row[0].transAxes, rotation=90,
+                ha='right', va='center', fontsize=10, weight='bold')
+    if not len(indices[run.name]):
+      row[0].text(0.5, 0.5, 'none', transform=row[0].transAxes, ha='center', va='center')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+# --- Report --------------------------------------------------------------------------------
+
+
+def _missing_images(run):
+  """Why this run's test images cannot be shown, or None when they all exist."""
+  if not run.data_dir.is_dir():
+    return f'data folder {run.data_dir} not found'
+  missing = [p for p in run.paths if not (run.data_dir / p).exists()]
+  return f'{len(missing)} test images missing in {run.data_dir}' if missing else None
+
+
+def _when(run):
+  if run.results.get('finished'):
+    return run.results['finished']
+  mtime = (run.workdir / RESULTS_FILE).stat().st_mtime
+  return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(
+      timespec='seconds')
+
+
+def _setup_section(study):
+  """What was measured, where, when, with which command and weights."""
+  lines = ['## Setup', '']
+  for directory, s in study.studies:
+    lines += [f'Study `{directory}`, last run from {s.get("started")} to {s.get("finished")}: '
+              f'`{s.get("command")}`', '']
+  lines += ['| Run | Finished (UTC) | Machine | Devices | Data | Train/valid/test | Image size | '
+            'Epochs | Batch | Learning rate | Git commit | Command |', '|' + '---|' * 12]
+  for run in study.runs:
+    r, c = run.results, run.results.get('config', {})
+    command = r.get('command') or run.entry.get('command') or 'not recorded'
+    lines.append(
+        f"| {run.name} | {_when(run)} | {run.entry.get('machine', {}).get('platform', '')} | "
+        f"{r.get('devices')} | `{r.get('data_dir')}` | "
+        f"{c.get('num_train')}/{c.get('num_valid')}/{c.get('num_test')} | "
+        f"{c.get('image_size')} ({c.get('resize')}) | {r.get('num_epochs')} | "
+        f"{c.get('batch_size')} | {c.get('learning_rate')} | {r.get('git_commit')} | "
+        f"`{command}` |")
+  lines += ['', 'Metrics are on the test split (male = positive class, P(male) >= 0.5 predicts '
+            'male) with the best-validation-accuracy checkpoint. Train time is the training loop '
+            'only; total time includes data loading, feature caching and evaluation.', '']
+  lines += ['Weights of each base:', '']
+  for run in study.runs:
+    w = run.results.get('weights')
+    if w and not w.get('random_base'):
+      lines.append(f"- {run.name}: `{w.get('source')}`, h5 sha256 `{w.get('h5_sha256')}`")
+    else:
+      lines.append(f'- {run.name}: {weights_provenance(w)}')
+  return lines
+
+
+def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8):
+  """Writes out/report.md and out/figures/*.png for the runs in `dirs`; returns report.md's path.
+
+  `data_dir` replaces the runs' own data folder (to show test images on another machine).
+  """
+  study = load_study(dirs)
+  if data_dir:
+    for run in study.runs:
+      run.results['data_dir'] = str(data_dir)
+  out = pathlib.Path(out)
+  (out / FIGURES).mkdir(parents=True, exist_ok=True)
+  runs = study.runs
+  now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+  lines = ['# Model comparison: facial gender classification', '',
+           f'Report written {now} on {platform.platform()} from: '
+           + ', '.join(f'`{d}`' for d in dirs) + '.', '']
+  random_bases = [r.name for r in runs if (r.results.get('weights') or {}).get('random_base')]
+  if random_bases:
+    lines += [f'> **WARNING: {", ".join(random_bases)} ran on a RANDOM base, NOT pretrained '
+              'weights. Those results say nothing about transfer learning.**', '']
+  lines += _setup_section(study)
+  lines += ['', '## Results', '', comparison_table(study), '']
+  if study.skipped:
+    lines += ['## Skipped experiments', '']
+    for model, reason in study.skipped.items():
+      lines += [f'- **{model}**: skipped.', '', '```', reason, '```', '']
+  if runs:
+    figures = {'learning_curves': ('## Learning curves', plot_learning_curves),
+               'confusion_roc': ('## Confusion matrices and ROC curves', plot_confusion_and_roc)}
+    for name, (heading, plot) in figures.items():
+      plot(runs, out / FIGURES / f'{name}.png')
+      lines += [heading, '', f'![{name}]({FIGURES}/{name}.png)', '']
+    lines += _image_sections(runs, out, grid_per_class, num_mistakes)
+  path = out / 'report.md'
+  path.write_text('\n'.join(lines) + '\n')
+  return path
+
+
+def _image_sections(runs, out, grid_per_class, num_mistakes):
+  """Test image grids: a shared sample, and each run's most confident mistakes."""
+  missing = {run.name: _missing_images(run) for run in runs}
+  shown = [run for run in runs if missing[run.name] is None]
+  notes = [f'- {name}: images not shown: {why}.' for name, why in missing.items() if why]
+  sections = {
+      'test_samples': ('## Test predictions',
+                       'The same seeded sample of test images for every run (half female, half '
+                       'male): predicted label and P(male); mistakes framed in red.',
+                       {run.name: sample_indices(run, grid_per_class) for run in shown}),
+      'confident_mistakes': ('## Most confident mistakes',
+                             f'Each run\'s {num_mistakes} mistakes with the highest probability '
+                             'on the wrong class.',
+                             {run.name: confident_mistakes(run, num_mistakes) for run in shown}),
+  }
+  lines = []
+  for name, (heading, text, indices) in sections.items():
+    lines += [heading, '', text, ''] + notes + ([''] if notes else [])
+    if shown:
+      plot_image_grid(shown, indices, out / FIGURES / f'{name}.png')
+      lines += [f'![{name}]({FIGURES}/{name}.png)', '']
+  return lines
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('out', None, 'Folder for report.md and figures/ (default: the only RUN_DIR).')
+flags.DEFINE_string('data_dir', None, "Face folder to read test images from (default: each "
+                    "run's own data_dir).")
+
+
+def main(argv):
+  dirs = argv[1:]
+  if not dirs:
+    raise app.UsageError('Give one or more RUN_DIRs (run or study directories).')
+  if FLAGS.out is None and len(dirs) > 1:
+    raise app.UsageError('--out is needed with several RUN_DIRs.')
+  path = write_report(dirs, FLAGS.out or dirs[0], data_dir=FLAGS.data_dir)
+  print(f'Wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)

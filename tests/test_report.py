@@ -1,0 +1,135 @@
+"""The comparison report from run directories that follow the run directory contract."""
+import json
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from gender_jax import report
+
+SECTIONS = ('## Setup', '## Results', '## Learning curves', '## Confusion matrices and ROC curves',
+            '## Test predictions', '## Most confident mistakes')
+FIGURES = ('learning_curves', 'confusion_roc', 'test_samples', 'confident_mistakes')
+
+
+def write_faces(data_dir, per_class=6):
+  """Test images in the face folder layout; returns their relative paths and labels."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for label, name in enumerate(('female', 'male')):
+    (data_dir / 'test' / name).mkdir(parents=True)
+    for i in range(per_class):
+      path = f'test/{name}/{label}{i:05d}.jpg'
+      Image.fromarray(rng.integers(0, 255, (109, 89, 3), np.uint8)).save(data_dir / path)
+      rows.append((path, label))
+  return rows
+
+
+def write_fake_run(workdir, data_dir, rows, model='custom', weights=None, epochs=3, seed=0):
+  """A run directory with the contract's files and plausible, seeded numbers."""
+  rng = np.random.default_rng(seed)
+  workdir.mkdir(parents=True)
+  labels = np.array([label for _, label in rows])
+  p_male = labels * 0.35 + rng.uniform(0.1, 0.65, len(rows))  # Some mistakes each way.
+  with open(workdir / 'predictions_test.csv', 'w') as f:
+    f.write('path,label,p_male\n')
+    f.writelines(f'{p},{l},{q:.6f}\n' for (p, l), q in zip(rows, p_male))
+  with open(workdir / 'metrics.jsonl', 'w') as f:
+    for e in range(1, epochs + 1):
+      f.write(json.dumps({'epoch': e, 'train_loss': 1 / e, 'train_accuracy': 1 - 0.3 / e,
+                          'valid_loss': 1.1 / e, 'valid_accuracy': 1 - 0.35 / e,
+                          'learning_rate': 1e-3, 'epoch_seconds': 2.0,
+                          'train_images_per_second': 100.0}) + '\n')
+  predicted = (p_male >= 0.5).astype(int)
+  confusion = [[int(np.sum((labels == t) & (predicted == p))) for p in (0, 1)] for t in (0, 1)]
+  results = {
+      'model': model, 'split': 'test',
+      'metrics': {'accuracy': float(np.mean(predicted == labels)), 'precision': 0.8,
+                  'recall': 0.7, 'f1': 0.75, 'roc_auc': 0.9, 'loss': 0.4,
+                  'confusion_matrix': confusion,
+                  'per_class_accuracy': {'female': 0.8, 'male': 0.7},
+                  'num_examples': len(rows), 'num_female': int(np.sum(labels == 0)),
+                  'num_male': int(np.sum(labels == 1))},
+      'best_epoch': epochs, 'num_epochs': epochs, 'train_seconds': 6.0, 'feature_seconds': 1.0,
+      'total_seconds': 8.0, 'train_images_per_second': 100.0,
+      'params': {'trainable': 1234, 'total': 5678}, 'weights': weights,
+      'data_dir': str(data_dir), 'config': {'model': model, 'image_size': 32},
+      'git_commit': None, 'devices': '4 x cpu'}
+  (workdir / 'results.json').write_text(json.dumps(results))
+  (workdir / 'config.json').write_text(json.dumps(results['config']))
+
+
+@pytest.fixture
+def study_dir(tmp_path):
+  """A study with a custom run, a random-base vgg16 run and a skipped vggface."""
+  rows = write_faces(tmp_path / 'faces')
+  study = tmp_path / 'study'
+  write_fake_run(study / 'custom', tmp_path / 'faces', rows)
+  write_fake_run(study / 'vgg16', tmp_path / 'faces', rows, model='vgg16', seed=1,
+                 weights={'source': 'keras', 'h5_sha256': 'ab' * 32, 'random_base': True})
+  (study / 'study.json').write_text(json.dumps({
+      'command': 'python -m gender_jax.study', 'started': 'x', 'finished': 'y',
+      'experiments': {'custom': {'status': 'done', 'workdir': 'custom',
+                                 'machine': {'platform': 'test-machine'}},
+                      'vgg16': {'status': 'done', 'workdir': 'vgg16'},
+                      'vggface': {'status': 'skipped', 'workdir': 'vggface',
+                                  'reason': 'weights/vggface missing: run weights_convert'}}}))
+  return study
+
+
+def test_report_has_every_section_figure_and_a_row_per_model(study_dir):
+  text = report.write_report([study_dir], study_dir).read_text()
+  for heading in SECTIONS + ('## Skipped experiments',):
+    assert heading in text
+  for model in ('custom', 'vgg16', 'vggface'):
+    assert any(line.startswith(f'| {model} | {model} |') for line in text.splitlines())
+  for name in FIGURES:
+    assert f'figures/{name}.png' in text
+    with Image.open(study_dir / 'figures' / f'{name}.png') as image:
+      assert image.size[0] > 100 and np.asarray(image.convert('L')).std() > 0
+
+
+def test_setup_says_where_and_how_runs_were_made(study_dir):
+  text = report.write_report([study_dir], study_dir).read_text()
+  assert 'test-machine' in text and 'python -m gender_jax.study' in text
+  assert '4 x cpu' in text
+
+
+def test_random_base_is_reported_loudly(study_dir):
+  text = report.write_report([study_dir], study_dir).read_text()
+  assert 'RANDOM BASE (NOT PRETRAINED)' in text
+  assert 'WARNING: vgg16 ran on a RANDOM base' in text
+
+
+def test_skipped_experiment_reason_is_reported(study_dir):
+  text = report.write_report([study_dir], study_dir).read_text()
+  assert 'weights/vggface missing: run weights_convert' in text
+
+
+def test_missing_data_folder_is_said_not_fatal(study_dir, tmp_path):
+  text = report.write_report([study_dir], tmp_path / 'out', data_dir=tmp_path / 'gone').read_text()
+  assert 'images not shown: data folder' in text
+  assert not (tmp_path / 'out' / 'figures' / 'test_samples.png').exists()
+  assert (tmp_path / 'out' / 'figures' / 'confusion_roc.png').exists()
+
+
+def test_run_dirs_can_be_given_directly(study_dir, tmp_path):
+  text = report.write_report([study_dir / 'custom', study_dir / 'vgg16'],
+                             tmp_path / 'out').read_text()
+  assert '| custom | custom |' in text and '| vgg16 | vgg16 |' in text
+  assert '## Skipped experiments' not in text
+
+
+def test_confident_mistakes_are_the_most_wrong(study_dir):
+  run = report.load_run(study_dir / 'custom')
+  run.labels[:] = 0
+  run.p_male[:] = np.linspace(0, 1, len(run.p_male))
+  np.testing.assert_array_equal(report.confident_mistakes(run, 3), [len(run.p_male) - 1,
+                                                                    len(run.p_male) - 2,
+                                                                    len(run.p_male) - 3])
+
+
+def test_sample_is_the_same_for_runs_of_one_protocol(study_dir):
+  custom, vgg16 = (report.load_run(study_dir / m) for m in ('custom', 'vgg16'))
+  pick = lambda run: [run.paths[i] for i in report.sample_indices(run, 2)]
+  assert pick(custom) == pick(vgg16)
