@@ -1,0 +1,23 @@
+"""A tiny config for tests: a few dozen small images, narrow layers, two epochs.
+
+Use as `--config=configs/tiny.py:custom` (or `:vgg16`, `:vggface`).
+"""
+from configs import default
+
+
+def get_config(model='custom'):
+  config = default.get_config()
+  config.model = model
+  config.weights = ''
+  config.num_train = 32
+  config.num_valid = 16
+  config.num_test = 16
+  config.image_size = 32  # The smallest input VGG16's five pools accept.
+  config.custom_channels = (4, 8)
+  config.head_hidden = (8,)
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_epochs = 2
+  config.learning_rate = 1e-3
+  config.augment_shift = 0.1 if model == 'custom' else 0.0
+  return config

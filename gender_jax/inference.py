@@ -1,0 +1,62 @@
+"""A trained model from its run directory alone: config, weights metadata and best checkpoint."""
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gender_jax import metrics
+from gender_jax import models
+
+
+@dataclasses.dataclass
+class Trained:
+  model: nn.Module
+  params: Any
+  config: ml_collections.ConfigDict
+  metadata: dict | None  # The converted weights' metadata; None for the custom model.
+  epoch: int  # The epoch of the best checkpoint.
+
+
+def load_trained(workdir):
+  """Restores the best checkpoint of a run; needs neither the data nor the weights folder."""
+  config_path = os.path.join(workdir, 'config.json')
+  best_dir = os.path.abspath(os.path.join(workdir, 'checkpoints', 'best'))
+  if not os.path.exists(config_path) or not os.path.isdir(best_dir):
+    raise FileNotFoundError(
+        f'{workdir} holds no trained run (config.json and checkpoints/best are needed); train '
+        f'one with: python -m gender_jax.main --config=configs/custom.py --workdir={workdir}')
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(os.path.join(workdir, 'weights_metadata.json')) as f:
+    metadata = json.load(f)
+  model = models.create_model(config, metadata and metadata['preprocessing'])
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)['params']
+  with ocp.CheckpointManager(best_dir, item_names=('state', 'progress')) as manager:
+    epoch = manager.latest_step()
+    if epoch is None:
+      raise FileNotFoundError(f'{best_dir} holds no checkpoint yet: the run has not finished '
+                              'an epoch. Rerun its training command to resume it.')
+    restored = manager.restore(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore({'params': abstract})))
+  return Trained(model, restored.state['params'], config, metadata, epoch)
+
+
+def predict_logits(trained, images, batch_size=256):
+  """Male logits of uint8 RGB images already at the model's size, (N, S, S, 3) -> (N,)."""
+  apply = jax.jit(lambda p, x: trained.model.apply({'params': p}, x))
+  outputs = [np.asarray(apply(trained.params, images[i:i + batch_size]))
+             for i in range(0, len(images), batch_size)]
+  return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
+def predict_proba(trained, images, batch_size=256):
+  """P(male) of uint8 RGB images already at the model's size."""
+  return metrics.sigmoid(predict_logits(trained, images, batch_size))

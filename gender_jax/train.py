@@ -1,0 +1,527 @@
+"""Training and evaluation: a dense head on a frozen (or from-scratch) base, data parallel.
+
+Read top to bottom: model and weights, optimizer with frozen parts, the jitted steps over a
+device mesh, feature caching, checkpoints, the epoch loop, and the final test evaluation.
+"""
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import time
+from typing import Any
+
+from absl import logging
+import flax
+from flax.training import train_state
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from gender_jax import input_pipeline
+from gender_jax import metrics as metrics_lib
+from gender_jax import models
+from gender_jax import pretrained
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training diverged; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and pretrained weights.
+# ---------------------------------------------------------------------------------------------
+def load_base_weights(config):
+  """Returns (base_params or None, weights metadata or None) for the config's model.
+
+  A pretrained model without converted weights fails with the commands that make them, unless
+  `allow_random_base` is set: then the base stays random and the metadata says so loudly.
+  """
+  if config.model == 'custom':
+    return None, None
+  source = pretrained.SOURCE_OF_MODEL[config.model]
+  try:
+    return pretrained.load(config.weights, expected_source=source)
+  except pretrained.MissingWeightsError:
+    if not config.allow_random_base:
+      raise
+  logging.warning('RANDOM %s BASE: no converted weights at %r; results are NOT pretrained.',
+                  config.model, config.weights)
+  return None, {'source': source, 'preprocessing': pretrained.PREPROCESSING_OF_SOURCE[source],
+                'random_base': True}
+
+
+def initial_params(model, config, rng, base_params=None):
+  """Initialises {'base', 'head'} params, with the converted base params where given."""
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
+  params = flax.core.unfreeze(jax.jit(model.init)(rng, dummy)['params'])
+  if base_params is not None:
+    expected = jax.tree.map(jnp.shape, params['base'])
+    got = jax.tree.map(jnp.shape, base_params)
+    if expected != got:
+      raise ValueError(f'Converted base weights do not fit the model: {got} vs {expected}.')
+    params['base'] = jax.tree.map(jnp.asarray, base_params)
+  return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer: frozen parts get zero updates through an optax mask.
+# ---------------------------------------------------------------------------------------------
+def trainable_labels(params, config):
+  """Labels each param leaf 'train', 'finetune' or 'frozen' (a pytree like params)."""
+  def label(path, _):
+    part, layer = path[0].key, path[1].key
+    if part == 'head' or config.model == 'custom':
+      return 'train'
+    return 'finetune' if layer.split('_')[0] in config.finetune_blocks else 'frozen'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def base_is_frozen(config):
+  return config.model != 'custom' and not config.finetune_blocks
+
+
+def create_learning_rate_fn(config, base_rate, steps_per_epoch):
+  """Constant or cosine decay, with an optional linear warmup."""
+  total = config.num_epochs * steps_per_epoch
+  warmup = config.warmup_epochs * steps_per_epoch
+  if config.lr_schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(base_rate, max(total - warmup, 1))
+  elif config.lr_schedule == 'constant':
+    decay = optax.constant_schedule(base_rate)
+  else:
+    raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}: 'constant' or 'cosine'.")
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, base_rate, warmup), decay], [warmup])
+
+
+def create_optimizer(config, params, steps_per_epoch):
+  def make(rate):
+    schedule = create_learning_rate_fn(config, rate, steps_per_epoch)
+    if config.optimizer == 'adam':
+      return optax.adamw(schedule, weight_decay=config.weight_decay)
+    if config.optimizer == 'sgd':
+      return optax.sgd(schedule, momentum=0.9)
+    raise ValueError(f"Unknown optimizer {config.optimizer!r}: 'adam' or 'sgd'.")
+  return optax.multi_transform(
+      {'train': make(config.learning_rate), 'finetune': make(config.finetune_learning_rate),
+       'frozen': optax.set_to_zero()},
+      trainable_labels(params, config))
+
+
+class TrainState(train_state.TrainState):
+  dropout_rng: jax.Array
+
+
+def create_train_state(config, model, rng, steps_per_epoch, base_params=None):
+  """A TrainState with initial (or converted) params and the masked optimizer."""
+  init_rng, dropout_rng = jax.random.split(rng)
+  params = initial_params(model, config, init_rng, base_params)
+  return TrainState.create(apply_fn=model.apply, params=params, dropout_rng=dropout_rng,
+                           tx=create_optimizer(config, params, steps_per_epoch))
+
+
+def count_params(params, labels=None):
+  """Number of parameters, all or (given labels) those that train."""
+  sizes = jax.tree.leaves(jax.tree.map(np.size, params))
+  if labels is None:
+    return int(sum(sizes))
+  return int(sum(s for s, l in zip(sizes, jax.tree.leaves(labels)) if l != 'frozen'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps. One jit over a mesh with a 'batch' axis: the batch is sharded, params replicated, and
+# the mean loss over the global batch makes XLA all-reduce (average) the gradients.
+# ---------------------------------------------------------------------------------------------
+def binary_cross_entropy(logits, labels):
+  return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+
+
+def forward(params, apply_fn, batch, *, train, rngs=None, stop_base_gradient=False):
+  """Logits of a batch holding either 'image' (uint8) or cached base 'features'."""
+  if 'features' in batch:
+    features = batch['features']
+  else:
+    features = apply_fn({'params': params}, batch['image'], method='encode')
+    if stop_base_gradient:  # A frozen base needs no backward pass at all.
+      features = jax.lax.stop_gradient(features)
+  return apply_fn({'params': params}, features, train=train, rngs=rngs, method='classify')
+
+
+def train_step(state, batch, *, stop_base_gradient):
+  """One optimizer step; returns the new state and the batch's summed loss and hits."""
+  dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
+
+  def loss_fn(params):
+    logits = forward(params, state.apply_fn, batch, train=True, rngs={'dropout': dropout_rng},
+                     stop_base_gradient=stop_base_gradient)
+    losses = binary_cross_entropy(logits, batch['label'])
+    return losses.mean(), (losses, logits)
+
+  grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
+  hits = (logits >= 0) == (batch['label'] == 1)
+  sums = {'loss': losses.sum(), 'correct': hits.sum(), 'count': jnp.float32(losses.shape[0])}
+  return state.apply_gradients(grads=grads), sums
+
+
+def eval_step(params, apply_fn, batch):
+  """Male logits of a batch (padding included; the caller drops it by mask)."""
+  return forward(params, apply_fn, batch, train=False)
+
+
+@dataclasses.dataclass
+class Mesh:
+  """The device mesh and the shardings the steps use."""
+  mesh: jax.sharding.Mesh
+
+  @classmethod
+  def create(cls, devices=None):
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return cls(jax.sharding.Mesh(devices, ('batch',)))
+
+  @property
+  def data(self):
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('batch'))
+
+  @property
+  def replicated(self):
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+  @property
+  def size(self):
+    return self.mesh.devices.size
+
+  def shard_batch(self, batch):
+    """Process-local numpy arrays -> global arrays sharded over the 'batch' axis."""
+    return {k: jax.make_array_from_process_local_data(self.data, np.asarray(v))
+            for k, v in batch.items()}
+
+  def gather(self, array):
+    """A batch-sharded global array -> the whole array as numpy on every process."""
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def jit_train_step(mesh, stop_base_gradient):
+  return jax.jit(functools.partial(train_step, stop_base_gradient=stop_base_gradient),
+                 in_shardings=(mesh.replicated, mesh.data),
+                 out_shardings=(mesh.replicated, mesh.replicated), donate_argnums=0)
+
+
+def jit_eval_step(mesh, apply_fn):
+  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn),
+                 in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
+
+
+def check_batch_size(batch_size, mesh):
+  if batch_size % mesh.size:
+    raise ValueError(f'batch_size {batch_size} must be a multiple of the {mesh.size} devices.')
+
+
+def predict_logits(mesh, apply_fn, params, split, batch_size, features=None, desc=None):
+  """Logits of every example of a split, in order (padded batches, padding dropped)."""
+  check_batch_size(batch_size, mesh)
+  step = jit_eval_step(mesh, apply_fn)
+  outputs = []
+  batches = input_pipeline.eval_batches(split, batch_size)
+  total = -(-len(split.labels) // batch_size)
+  for batch in tqdm.tqdm(batches, total=total, desc=desc, leave=False, disable=desc is None):
+    if features is not None:
+      batch = {'features': features[batch['index']], 'mask': batch['mask']}
+    else:
+      batch = {'image': batch['image'], 'mask': batch['mask']}
+    mask = batch.pop('mask')
+    logits = mesh.gather(step(params, mesh.shard_batch(batch)))
+    outputs.append(logits[mesh_global(mask, mesh) > 0])
+  return np.concatenate(outputs)[:len(split.labels)]
+
+
+def mesh_global(local, mesh):
+  """A process-local host array -> the global one, in process order."""
+  return mesh.gather(jax.make_array_from_process_local_data(mesh.data, local))
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature caching: a frozen base runs once per split (and once on flipped images, so flip
+# augmentation stays exact); the head then trains on memory-mapped features.
+# ---------------------------------------------------------------------------------------------
+def extract_features(mesh, apply_fn, params, split, batch_size, flip=False, desc=None):
+  """Base features of every example of a split, as float32 numpy (N, h, w, c)."""
+  check_batch_size(batch_size, mesh)
+  encode = jax.jit(lambda p, x: apply_fn({'params': p}, x, method='encode'),
+                   in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
+  outputs = []
+  total = -(-len(split.labels) // batch_size)
+  for batch in tqdm.tqdm(input_pipeline.eval_batches(split, batch_size), total=total,
+                         desc=desc, leave=False, disable=desc is None):
+    images = batch['image'][:, :, ::-1] if flip else batch['image']
+    features = mesh.gather(encode(params, mesh.shard_batch({'image': images})['image']))
+    outputs.append(features[mesh_global(batch['mask'], mesh) > 0].astype(np.float32))
+  return np.concatenate(outputs)[:len(split.labels)]
+
+
+def features_key(config, weights_meta, splits):
+  """What cached features depend on: weights, image geometry, dtype and the chosen files."""
+  blob = json.dumps({
+      'weights': weights_meta, 'image_size': config.image_size, 'resize': config.resize,
+      'dtype': config.compute_dtype, 'files': {n: s.paths for n, s in sorted(splits.items())},
+  }, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached_features(mesh, apply_fn, params, splits, config, workdir, weights_meta):
+  """{name: features} for each split (plus 'train_flip'), computed once into workdir/features.
+
+  Arrays are written to a temporary file and renamed, so a killed run never leaves a torn cache.
+  """
+  folder = os.path.join(workdir, 'features', features_key(config, weights_meta, splits)[:16])
+  jobs = [(name, name, False) for name in splits]
+  if config.augment_flip:
+    jobs.append(('train_flip', 'train', True))
+  cache = {}
+  for name, split_name, flip in jobs:
+    path = os.path.join(folder, f'{name}.npy')
+    if not os.path.exists(path):
+      array = extract_features(mesh, apply_fn, params, splits[split_name],
+                               config.eval_batch_size, flip=flip, desc=f'features {name}')
+      if jax.process_index() == 0:
+        os.makedirs(folder, exist_ok=True)
+        np.save(path + '.tmp.npy', array)
+        os.replace(path + '.tmp.npy', path)
+      multihost_utils.sync_global_devices(f'features {name}')
+    cache[name] = np.load(path, mmap_mode='r')
+  return cache
+
+
+def feature_batch(batch, features):
+  """Swaps a train batch's images for the cached features of the same (possibly flipped) faces."""
+  index, flip = batch['index'], batch['flip']
+  picked = np.where(flip[:, None, None, None], features['train_flip'][index],
+                    features['train'][index]) if 'train_flip' in features else (
+                        features['train'][index])
+  return {'features': picked, 'label': batch['label']}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: 'latest' each epoch (resume), 'best' by validation accuracy (evaluation).
+# ---------------------------------------------------------------------------------------------
+def checkpoint_managers(workdir):
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+  return {name: ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, 'checkpoints', name)), options=options,
+      item_names=('state', 'progress')) for name in ('latest', 'best')}
+
+
+def save_checkpoint(manager, epoch, state, progress):
+  manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                              progress=ocp.args.JsonSave(progress)))
+  manager.wait_until_finished()
+
+
+def restore_checkpoint(manager, state):
+  """(state, progress) from the manager's latest step, or (state, None) if there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return state, None
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+  return restored.state, restored.progress
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging of metrics: JSON lines (for reports) and TensorBoard.
+# ---------------------------------------------------------------------------------------------
+class MetricsWriter:
+  """Epoch metrics to workdir/metrics.jsonl and TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir, resume_epoch):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if not self.enabled:
+      return
+    # A resumed run rewrites the epochs after its checkpoint, so lines are never duplicated.
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f if json.loads(line)['epoch'] <= resume_epoch]
+    with open(self.path, 'w') as f:
+      f.writelines(kept)
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, epoch, values):
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'epoch': epoch, **values}) + '\n')
+    for name, value in values.items():
+      self.tensorboard.add_scalar(name, value, epoch)
+    self.tensorboard.flush()
+
+  def close(self):
+    if self.enabled:
+      self.tensorboard.close()
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def git_commit():
+  try:
+    return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                          cwd=os.path.dirname(__file__), check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def write_json(path, value):
+  if jax.process_index() == 0:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(value, f, indent=2, default=str)
+    os.replace(path + '.tmp', path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run.
+# ---------------------------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains, checkpoints and evaluates; resumes from workdir. Returns the results dict."""
+  start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = Mesh.create()
+  check_batch_size(config.batch_size, mesh)
+  logging.info('%d processes, %d devices: %s', jax.process_count(), mesh.size,
+               jax.devices()[0].device_kind)
+
+  # Input.
+  splits = input_pipeline.load_splits(config, workdir=workdir)
+  train_split = splits['train']
+  steps_per_epoch = input_pipeline.num_train_steps(train_split, config.batch_size)
+
+  # Model, weights, state.
+  base_params, weights_meta = load_base_weights(config)
+  model = models.create_model(
+      config, weights_meta['preprocessing'] if weights_meta else None)
+  state = create_train_state(config, model, jax.random.PRNGKey(config.seed), steps_per_epoch,
+                             base_params)
+  labels = trainable_labels(state.params, config)
+  param_counts = {'trainable': count_params(state.params, labels),
+                  'total': count_params(state.params)}
+  logging.info('Parameters: %s', param_counts)
+  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  write_json(os.path.join(workdir, 'weights_metadata.json'), weights_meta)
+
+  # Resume.
+  managers = checkpoint_managers(workdir)
+  state, progress = restore_checkpoint(managers['latest'], state)
+  progress = progress or {'epoch': 0, 'best_valid_accuracy': -1.0, 'best_epoch': 0,
+                          'train_seconds': 0.0}
+  if progress['epoch']:
+    logging.info('Resuming after epoch %d from %s.', progress['epoch'], workdir)
+  state = jax.device_put(state, mesh.replicated)
+
+  # Features of a frozen base, computed once.
+  use_cache = config.cache_features and base_is_frozen(config)
+  feature_start = time.time()
+  features = (cached_features(mesh, model.apply, state.params, splits, config, workdir,
+                              weights_meta) if use_cache else None)
+  feature_seconds = time.time() - feature_start
+
+  step = jit_train_step(mesh, stop_base_gradient=base_is_frozen(config))
+  writer = MetricsWriter(workdir, progress['epoch'])
+  for epoch in range(progress['epoch'] + 1, config.num_epochs + 1):
+    epoch_start = time.time()
+    batches = input_pipeline.train_batches(
+        train_split, config.batch_size, seed=config.seed, epoch=epoch, flip=config.augment_flip,
+        shift=config.augment_shift, with_images=not use_cache)
+    sums = []
+    with tqdm.tqdm(total=steps_per_epoch, desc=f'epoch {epoch}/{config.num_epochs}',
+                   disable=jax.process_index() != 0) as bar:
+      for batch in batches:
+        batch = feature_batch(batch, features) if use_cache else {
+            'image': batch['image'], 'label': batch['label']}
+        state, batch_sums = step(state, mesh.shard_batch(batch))
+        sums.append(batch_sums)
+        bar.update()
+    totals = jax.tree.map(lambda *x: float(np.sum(x)), *jax.device_get(sums))
+    train_loss = totals['loss'] / totals['count']
+    if not np.isfinite(train_loss):
+      raise NonFiniteLossError(
+          f'Training loss became {train_loss} in epoch {epoch}; the last good checkpoint '
+          f'(epoch {progress["epoch"]}) is kept in {workdir}. Lower learning_rate?')
+    epoch_seconds = time.time() - epoch_start
+
+    valid_logits = predict_logits(mesh, model.apply, state.params, splits['valid'],
+                                  config.eval_batch_size,
+                                  features=features['valid'] if use_cache else None)
+    valid = metrics_lib.classification_metrics(splits['valid'].labels, valid_logits)
+    values = {
+        'train_loss': train_loss, 'train_accuracy': totals['correct'] / totals['count'],
+        'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
+        'learning_rate': float(create_learning_rate_fn(
+            config, config.learning_rate, steps_per_epoch)(int(state.step) - 1)),
+        'epoch_seconds': epoch_seconds,
+        'train_images_per_second': totals['count'] / epoch_seconds,
+    }
+    writer.write(epoch, values)
+    logging.info('epoch %d: %s', epoch, {k: round(v, 4) for k, v in values.items()})
+
+    progress = {**progress, 'epoch': epoch,
+                'train_seconds': progress['train_seconds'] + epoch_seconds}
+    if valid['accuracy'] > progress['best_valid_accuracy']:
+      progress.update(best_valid_accuracy=valid['accuracy'], best_epoch=epoch)
+      save_checkpoint(managers['best'], epoch, {'params': state.params}, progress)
+    save_checkpoint(managers['latest'], epoch, state, progress)
+  writer.close()
+
+  # The best checkpoint on the test split.
+  best = restore_best_params(managers['best'], state.params)
+  test_logits = predict_logits(mesh, model.apply, jax.device_put(best, mesh.replicated),
+                               splits['test'], config.eval_batch_size,
+                               features=features['test'] if use_cache else None,
+                               desc='test')
+  results = {
+      'model': config.model, 'split': 'test',
+      'metrics': metrics_lib.classification_metrics(splits['test'].labels, test_logits),
+      'best_epoch': progress['best_epoch'], 'num_epochs': config.num_epochs,
+      'train_seconds': progress['train_seconds'], 'feature_seconds': feature_seconds,
+      'total_seconds': time.time() - start,
+      'train_images_per_second': (progress['epoch'] * steps_per_epoch * config.batch_size /
+                                  max(progress['train_seconds'], 1e-9)),
+      'params': param_counts,
+      'weights': weights_meta and {'source': weights_meta['source'],
+                                   'h5_sha256': weights_meta.get('h5_sha256'),
+                                   'random_base': bool(weights_meta.get('random_base'))},
+      'data_dir': os.path.abspath(config.data_dir), 'config': config.to_dict(),
+      'git_commit': git_commit(),
+      'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
+  }
+  write_json(os.path.join(workdir, 'results.json'), results)
+  write_predictions(os.path.join(workdir, 'predictions_test.csv'), splits['test'], test_logits)
+  logging.info('Test: %s', {k: v for k, v in results['metrics'].items() if np.isscalar(v)})
+  return results
+
+
+def restore_best_params(manager, params):
+  abstract = {'params': jax.tree.map(ocp.utils.to_shape_dtype_struct, params)}
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))
+  return restored.state['params']
+
+
+def write_predictions(path, split, logits):
+  if jax.process_index() != 0:
+    return
+  with open(path, 'w') as f:
+    f.write('path,label,p_male\n')
+    for rel, label, p in zip(split.paths, split.labels, metrics_lib.sigmoid(logits)):
+      f.write(f'{rel},{int(label)},{p:.6f}\n')
