@@ -1,0 +1,113 @@
+"""Converted pretrained VGG16 bases: where they come from, and loading them for the models.
+
+`python -m weights_convert` writes a folder DIR/{params (orbax), metadata.json}; `load` restores
+it and refuses weights that belong to another source, so each model gets the base and the
+preprocessing it was trained with.
+"""
+import json
+import pathlib
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from gender_jax import models
+
+SOURCE_OF_MODEL = {'vgg16': 'imagenet', 'vggface': 'vggface'}
+# Each source's input normalisation, a name in gender_jax.preprocessing.
+PREPROCESSING_OF_SOURCE = {'imagenet': 'caffe_imagenet', 'vggface': 'vggface_v1'}
+# The public notop (no fully connected top) h5 files.
+H5_URL_OF_SOURCE = {
+    'imagenet': 'https://storage.googleapis.com/tensorflow/keras-applications/vgg16/'
+                'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5',
+    'vggface': 'https://github.com/rcmalli/keras-vggface/releases/download/v2.0/'
+               'rcmalli_vggface_tf_notop_vgg16.h5',
+}
+
+
+class MissingWeightsError(FileNotFoundError):
+  """The converted weights folder is missing or incomplete; the message says how to make it."""
+
+
+class WeightsMismatchError(ValueError):
+  """The converted weights are not the ones asked for (another source or architecture)."""
+
+
+def base_param_shapes():
+  """VGG16Base's params as ShapeDtypeStructs: what every converted folder must hold."""
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  return jax.eval_shape(models.VGG16Base().init, jax.random.key(0), images)['params']
+
+
+def how_to_get(weights_dir, source):
+  """The commands that create `weights_dir` for `source`: download+convert, or by hand."""
+  url = H5_URL_OF_SOURCE[source]
+  h5 = url.rsplit('/', 1)[-1]
+  return (f'  python -m weights_convert --source {source} --download --out {weights_dir}\n'
+          f'or, where this machine is offline, fetch the file elsewhere and convert it:\n'
+          f'  curl -L -o {h5} {url}\n'
+          f'  python -m weights_convert --source {source} --h5 {h5} --out {weights_dir}')
+
+
+def _missing(weights_dir, expected_source, why):
+  sources = [expected_source] if expected_source else list(H5_URL_OF_SOURCE)
+  commands = '\n'.join((f'for {source} weights:\n' if len(sources) > 1 else '') +
+                       how_to_get(weights_dir, source) for source in sources)
+  return MissingWeightsError(f'No converted weights in {weights_dir} ({why}). Make them with\n'
+                             f'{commands}')
+
+
+def _shapes(tree):
+  return {k: (tuple(v.shape), str(v.dtype))
+          for k, v in traverse_util.flatten_dict(tree, sep='/').items()}
+
+
+def load(weights_dir, expected_source=None):
+  """Restores a converted folder as (base_params of numpy arrays, metadata dict).
+
+  Raises MissingWeightsError (with the commands to make the folder) when it is missing or
+  incomplete, WeightsMismatchError when it holds another source's or model's weights.
+  """
+  weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
+  if expected_source is not None and expected_source not in H5_URL_OF_SOURCE:
+    raise ValueError(f'Unknown source {expected_source!r}; expected one of '
+                     f'{list(H5_URL_OF_SOURCE)}.')
+  if not weights_dir.is_dir():
+    raise _missing(weights_dir, expected_source, 'no such folder')
+  for part in ('metadata.json', 'params'):
+    if not (weights_dir / part).exists():
+      raise _missing(weights_dir, expected_source, f'{part} is missing')
+  try:
+    metadata = json.loads((weights_dir / 'metadata.json').read_text())
+  except ValueError as e:
+    raise _missing(weights_dir, expected_source, f'metadata.json is unreadable: {e}') from e
+
+  source = metadata.get('source')
+  if expected_source is not None and source != expected_source:
+    raise WeightsMismatchError(
+        f'{weights_dir} holds {source!r} weights, but this model needs {expected_source!r} '
+        f'weights.\n{how_to_get(weights_dir, expected_source)}')
+  if (metadata.get('architecture') != 'vgg16' or
+      metadata.get('preprocessing') != PREPROCESSING_OF_SOURCE.get(source)):
+    raise WeightsMismatchError(
+        f'{weights_dir}/metadata.json: expected a vgg16 base from one of '
+        f'{PREPROCESSING_OF_SOURCE} with its preprocessing, got architecture='
+        f'{metadata.get("architecture")!r}, source={source!r}, '
+        f'preprocessing={metadata.get("preprocessing")!r}.')
+
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      params = checkpointer.restore(weights_dir / 'params')
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds on a bad folder.
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise _missing(weights_dir, expected_source,
+                   f'params do not restore: {why[:200]}{"..." * (len(why) > 200)}') from e
+
+  expected, got = _shapes(base_param_shapes()), _shapes(params)
+  if got != expected:
+    wrong = ', '.join(f'{k}: {got.get(k)}, expected {expected.get(k)}'
+                      for k in sorted(expected.keys() | got.keys())
+                      if got.get(k) != expected.get(k))
+    raise WeightsMismatchError(f'{weights_dir}/params is not a VGG16Base params tree: {wrong}.')
+  return params, metadata
