@@ -11,6 +11,7 @@ Run as a script to build a folder's dataset and print what it holds and what the
 import concurrent.futures
 import dataclasses
 import os
+import sys
 from typing import NamedTuple
 
 from absl import app
@@ -63,8 +64,8 @@ def resize_image(image, size, resize='stretch'):
   return np.asarray(image.resize((size, size), RESIZE_FILTER))
 
 
-def _decode_resize(read, rows, size, resize, out, desc):
-  """Puts image k = decode(read(k)), resized, into out[rows[k]], in threads.
+def _decode_resize(read, rows, size, resize, out, progress):
+  """Puts image k = decode(read(k)), resized, into out[rows[k]], in threads; ticks a tqdm bar.
 
   Pillow releases the GIL while resizing, so threads scale without copying pixels between
   processes. Returns [(k, reason)] of the files that could not be decoded.
@@ -80,8 +81,7 @@ def _decode_resize(read, rows, size, resize, out, desc):
 
   chunks = np.array_split(np.arange(len(rows)), max(1, len(rows) // 64))
   bad = []
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool, \
-      tqdm.tqdm(total=len(rows), desc=desc, unit=' img', leave=False) as progress:
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
     for chunk_bad, n in pool.map(work, chunks):
       bad += chunk_bad
       progress.update(n)
@@ -106,14 +106,14 @@ def _cached_images(builder, split, rows, size, resize):
     todo = rows[~done[rows]]
     if len(todo):
       records = builder.as_data_source(split)
-      for start in range(0, len(todo), _WINDOW):
-        window = todo[start:start + _WINDOW]
-        blobs = [r['image'] for r in records.__getitems__(window.tolist())]
-        bad = _decode_resize(blobs.__getitem__, window, size, resize, images,
-                             desc=f'Decoding {split} at {size}px')
-        if bad:  # The build decoded every stored image, so this is a damaged dataset.
-          raise RuntimeError(f'Records {[int(window[k]) for k, _ in bad]} of {builder.data_dir} '
-                             f'no longer decode ({bad[0][1]}); delete that folder to rebuild.')
+      with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} at {size}px', unit=' img') as bar:
+        for start in range(0, len(todo), _WINDOW):
+          window = todo[start:start + _WINDOW]
+          blobs = [r['image'] for r in records.__getitems__(window.tolist())]
+          if _decode_resize(blobs.__getitem__, window, size, resize, images, bar):
+            # The build decoded every stored image, so the dataset itself is damaged.
+            raise RuntimeError(f'Records of {builder.data_dir} no longer decode; delete that '
+                               f'folder to rebuild it.')
       images.flush()
       done[todo] = True
       np.save(base + '.done.tmp.npy', done)
@@ -195,15 +195,15 @@ def _count(labels, c):
   return int(np.sum(labels == c))
 
 
-def _write_file_list(workdir, split):
-  """Writes workdir/protocol/<split>.txt (path, tab, label); fails if another list is there."""
-  path = os.path.join(workdir, 'protocol', f'{split.name}.txt')
-  text = ''.join(f'{p}\t{l}\n' for p, l in zip(split.paths, split.labels))
+def _write_file_list(workdir, name, paths, labels):
+  """Writes workdir/protocol/<name>.txt (path, tab, label); fails if another list is there."""
+  path = os.path.join(workdir, 'protocol', f'{name}.txt')
+  text = ''.join(f'{p}\t{l}\n' for p, l in zip(paths, labels))
   if os.path.exists(path):
     with open(path) as f:
       if f.read() != text:  # Resuming a run on other examples would mix two experiments.
         raise ValueError(f'{path} lists other files than this config draws (another data_dir, '
-                         f'seed or num_{split.name}?); use a new workdir or delete that file.')
+                         f'seed or num_{name}?); use a new workdir or delete that file.')
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f'{path}.{os.getpid()}.tmp'
@@ -215,28 +215,25 @@ def _write_file_list(workdir, split):
 def _summary(builder, index, drawn):
   """Table lines: files, bad files, usable (or pool) and drawn examples per split and class."""
   meta = builder.info.metadata
-  rows = []  # (split, class, files, bad, usable, drawn); None where it does not apply.
+  rows = []  # (split, class, files, bad, usable, drawn); '-' where it does not apply.
   for source, files in meta['num_files'].items():
     for c, name in enumerate(LABELS):
       usable = meta['num_examples'][source][c]
-      taken = _count(index[source][1][drawn[source].rows], c) if source in drawn else None
+      taken = _count(index[source][1][drawn[source].rows], c) if source in drawn else '-'
       rows.append((source, name, files[c], files[c] - usable, usable, taken))
+  totals = [sum(r[i] for r in rows) for i in (2, 3, 4)]
   if meta['layout'] == 'flat':  # Pools cut from the one folder; its files are counted above.
     for split, (source, pool, picked) in drawn.items():
       labels = index[source][1]
       for c, name in enumerate(LABELS):
-        rows.append((split, name, None, None, _count(labels[pool], c), _count(labels[picked], c)))
-  totals = [sum(r[i] for r in rows if r[i] is not None) for i in (2, 3, 4)]
-  rows.append(('total', '', *totals, sum(r[5] or 0 for r in rows)))
-  cell = lambda x: '-' if x is None else str(x)
-  lines = [f'Face folder {meta["source_dir"]} ({meta["layout"]} layout)',
-           f'Dataset {builder.data_dir}',
-           f'{"split":10}{"class":8}{"files":>8}{"bad":>6}{"usable":>8}{"drawn":>8}']
-  lines += [f'{r[0]:10}{r[1]:8}{cell(r[2]):>8}{cell(r[3]):>6}{cell(r[4]):>8}{cell(r[5]):>8}'
-            for r in rows]
-  lines.append(f'{len(meta["bad_files"])} bad files left out, listed in '
-               f'{face_dataset.report_path(builder)}')
-  return lines
+        rows.append((split, name, '-', '-', _count(labels[pool], c), _count(labels[picked], c)))
+  rows.append(('total', '', *totals, sum(len(d.rows) for d in drawn.values())))
+  return [f'Face folder {meta["source_dir"]} ({meta["layout"]} layout)',
+          f'Dataset {builder.data_dir}',
+          f'{"split":10}{"class":8}{"files":>8}{"bad":>6}{"usable":>8}{"drawn":>8}',
+          *(f'{s:10}{c:8}{f:>8}{b:>6}{u:>8}{d:>8}' for s, c, f, b, u, d in rows),
+          f'{len(meta["bad_files"])} bad files left out, listed in '
+          f'{face_dataset.report_path(builder)}']
 
 
 def _load(config, workdir, splits):
@@ -244,6 +241,9 @@ def _load(config, workdir, splits):
   builder = face_dataset.build(config.data_dir, config.tfds_dir, config.max_bad_fraction)
   index = {s: face_dataset.read_index(builder, s) for s in builder.info.splits}
   drawn = draw_protocol(index, {s: int(config[f'num_{s}']) for s in splits}, config.seed)
+  if workdir:  # Checked before decoding, which is the slow part.
+    for name, (source, _, rows) in drawn.items():
+      _write_file_list(workdir, name, [index[source][0][r] for r in rows], index[source][1][rows])
   loaded = {}
   for name, (source, _, rows) in drawn.items():
     paths, labels = index[source]
@@ -253,8 +253,6 @@ def _load(config, workdir, splits):
         labels=labels[rows],
         paths=[paths[r] for r in rows],
         source_dir=builder.info.metadata['source_dir'])
-    if workdir:
-      _write_file_list(workdir, loaded[name])
   return loaded, _summary(builder, index, drawn)
 
 
@@ -279,9 +277,9 @@ def load_folder(path, image_size, resize='stretch', max_bad_fraction=0.01):
   scan = face_dataset.scan_folder(path)
   examples = sorted(e for v in scan.examples.values() for e in v)
   images = np.zeros((len(examples), image_size, image_size, 3), np.uint8)
-  bad = _decode_resize(lambda k: face_dataset.read_file(scan.root, examples[k][0]),
-                       np.arange(len(examples)), image_size, resize, images,
-                       desc=f'Decoding {os.path.basename(scan.root)}')
+  with tqdm.tqdm(total=len(examples), desc=f'Decoding {scan.root}', unit=' img') as bar:
+    bad = _decode_resize(lambda k: face_dataset.read_file(scan.root, examples[k][0]),
+                         np.arange(len(examples)), image_size, resize, images, bar)
   bad_files = [(examples[k][0], reason) for k, reason in bad]
   for rel, reason in bad_files:
     logging.warning('Left out %s: %s', os.path.join(scan.root, rel), reason)
@@ -322,7 +320,8 @@ def augment(images, flip, shift):
   """
   size = images.shape[1]
   margin = int(np.abs(shift).max(initial=0))
-  padded = np.pad(images, ((0, 0), (margin,) * 2, (margin,) * 2, (0, 0)), mode='edge')
+  padded = np.pad(images, ((0, 0), (margin,) * 2, (margin,) * 2, (0, 0)), mode='edge') \
+      if margin else images
   out = np.empty_like(images)
   # Slicing image by image copies whole rows; one fancy-index gather is 2-3x slower.
   for i, ((dy, dx), flipped) in enumerate(zip(shift, flip)):
@@ -391,20 +390,23 @@ def main(argv):
   config = default.get_config()
   for name in ('data_dir', 'tfds_dir', 'num_train', 'num_valid', 'num_test', 'seed',
                'image_size', 'resize', 'max_bad_fraction'):
-    if FLAGS[name].present:
+    if FLAGS[name].value is not None:
       config[name] = FLAGS[name].value
-  _, table = _load(config, FLAGS.workdir, SPLITS)
+  try:
+    _, table = _load(config, FLAGS.workdir, SPLITS)
+  except (face_dataset.FolderError, ValueError) as e:  # Bad input: the message says it all.
+    sys.exit(f'Error: {e}')
   print('\n'.join(table))
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('data_dir', None, 'Face folder.', required=True)
-  flags.DEFINE_string('tfds_dir', None, 'Where the dataset is built (default: config).')
+  flags.DEFINE_string('data_dir', None, 'Face folder (default: the config\'s, GENDER_JAX_DATA).')
+  flags.DEFINE_string('tfds_dir', None, 'Where the dataset is built (default: the config\'s).')
   flags.DEFINE_integer('num_train', None, 'Train images drawn (-1: all).')
   flags.DEFINE_integer('num_valid', None, 'Validation images drawn (-1: all).')
   flags.DEFINE_integer('num_test', None, 'Test images drawn (-1: all).')
   flags.DEFINE_integer('seed', None, 'Protocol seed.')
-  flags.DEFINE_integer('image_size', None, 'Side of the square images.')
+  flags.DEFINE_integer('image_size', None, 'Side of the square images, in pixels.')
   flags.DEFINE_enum('resize', None, RESIZES, 'How faces become squares.')
   flags.DEFINE_float('max_bad_fraction', None, 'Fail if more files than this are undecodable.')
   flags.DEFINE_string('workdir', None, 'Write the protocol file lists to WORKDIR/protocol/.')

@@ -2,6 +2,7 @@
 import importlib.util
 import io
 import os
+import subprocess
 import sys
 
 import ml_collections
@@ -222,6 +223,21 @@ def test_load_folder_reads_every_split(folder):
   loaded = input_pipeline.load_folder(folder, 8, resize='center_crop')
   assert len(loaded) == sum(sum(c) for c in COUNTS.values())
   assert loaded.images.shape[1:] == (8, 8, 3)
+
+
+def test_command_line_prints_the_table_and_writes_the_lists(tmp_path):
+  folder = make_folder(tmp_path / 'flat', counts={'all': (30, 20)}, flat=True)
+  result = subprocess.run(
+      [sys.executable, '-m', 'gender_jax.input_pipeline', f'--data_dir={folder}',
+       f'--tfds_dir={tmp_path / "tfds"}', f'--workdir={tmp_path / "work"}', '--num_train=20',
+       '--num_valid=-1', '--num_test=-1', '--image_size=8'],
+      cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, check=True)
+  table = [line.split() for line in result.stdout.splitlines()]
+  assert ['unsplit', 'female', '30', '0', '30', '-'] in table
+  assert ['train', 'female', '-', '-', '24', '12'] in table
+  assert ['test', 'male', '-', '-', '2', '2'] in table
+  assert ['total', '50', '0', '50', '30'] in table
+  assert len((tmp_path / 'work' / 'protocol' / 'train.txt').read_text().splitlines()) == 20
 
 
 # --- Build once, reuse, rebuild -----------------------------------------------------------------
