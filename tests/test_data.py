@@ -290,6 +290,13 @@ def test_protocol_is_deterministic_per_seed(folder, tmp_path):
   assert a['train'].paths != c['train'].paths
 
 
+def test_protocol_split_does_not_depend_on_the_others_loaded(folder, tmp_path):
+  everything = _draw(folder, tmp_path)
+  config = make_config(folder, tmp_path / 'tfds', num_train=10, num_valid=4, num_test=5)
+  assert input_pipeline.load_splits(config, splits=('test',))['test'].paths == \
+      everything['test'].paths
+
+
 def test_protocol_is_stratified(folder, tmp_path):
   drawn = _draw(folder, tmp_path)
   # train 12/8 -> 10 drawn: 6/4; valid 5/5 -> 4: 2/2; test 6/4 -> 5: 3/2.
