@@ -75,16 +75,18 @@ def jax_classifier(dtype):
                            head=models.DenseHead(), preprocessing='caffe_imagenet')
 
 
-def jax_params(model, size):
+def jax_params(dtype):
+  """Random base params ({'base': ...}, all encode needs); their shapes do not depend on size."""
   import jax  # pylint: disable=g-import-not-at-top
-  return jax.jit(model.init)(jax.random.key(0), np.zeros((1, size, size, 3), np.uint8))['params']
+  base = jax_classifier(dtype).base
+  return {'base': base.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))['params']}
 
 
 def jax_extractor(size, dtype, batch):
   """A call of the jitted encode (preprocess + base) on a batch of device-resident images."""
   import jax  # pylint: disable=g-import-not-at-top
   model = jax_classifier(dtype)
-  params = jax_params(model, size)
+  params = jax_params(dtype)
   encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method='encode'))
   images = jax.device_put(random_images(batch, size))
   return lambda: encode(params, images).block_until_ready()
@@ -95,10 +97,12 @@ def pipeline_extractor(size, dtype, batch, num_images):
   import jax  # pylint: disable=g-import-not-at-top
   from gender_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
   model = jax_classifier(dtype)
-  params = jax_params(model, size)
+  params = jax_params(dtype)
   mesh = train.Mesh.create()
-  split = input_pipeline.Split.from_arrays(
-      random_images(num_images, size), np.arange(num_images) % 2)
+  split = input_pipeline.Split(
+      name='benchmark', images=random_images(num_images, size),
+      labels=np.arange(num_images, dtype=np.int32) % 2,
+      paths=[f'{i}.jpg' for i in range(num_images)], source_dir='')
   return lambda: train.extract_features(mesh, model.apply, params, split, batch)
 
 
@@ -134,7 +138,7 @@ def check_same_network(size=32):
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   model = jax_classifier('float32')
-  params = jax_params(model, size)
+  params = jax_params('float32')
   images = random_images(2, size, seed=1)
   ours = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x, method='encode'))(
       params, images))
