@@ -171,7 +171,7 @@ def train_step(state, batch, *, stop_base_gradient):
   return state.apply_gradients(grads=grads), sums
 
 
-def eval_step(params, apply_fn, batch):
+def eval_step(params, batch, *, apply_fn):
   """Male logits of a batch (padding included; the caller drops it by mask)."""
   return forward(params, apply_fn, batch, train=False)
 

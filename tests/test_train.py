@@ -1,0 +1,232 @@
+"""Training and evaluation end to end on the tiny config and a synthetic face folder."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from gender_jax import evaluate
+from gender_jax import inference
+from gender_jax import pretrained
+from gender_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(model, data_dir, tmp_path, **overrides):
+  config = tiny.get_config(model)
+  config.data_dir = str(data_dir)
+  config.tfds_dir = str(tmp_path / 'tfds')
+  if model != 'custom':
+    config.allow_random_base = True
+  config.update(overrides)
+  return config
+
+
+def restore_latest(workdir):
+  """The params of the latest checkpoint of a run, as numpy."""
+  with train.ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints',
+                                                                'latest'))) as manager:
+    restored = manager.restore(manager.latest_step(), args=train.ocp.args.Composite(
+        state=train.ocp.args.StandardRestore()))
+  return restored.state['params']
+
+
+def run_main(workdir, config_arg, overrides, devices=4, timeout=600, wait=True):
+  """`python -m gender_jax.main` in a subprocess with a given number of fake devices."""
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+         'JAX_PLATFORMS': 'cpu'}
+  command = [sys.executable, '-m', 'gender_jax.main', f'--config={config_arg}',
+             f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
+  if not wait:
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done
+
+
+@pytest.fixture(scope='module')
+def custom_run(synthetic_faces, tmp_path_factory):
+  """One finished tiny custom run, shared by the tests that only read it."""
+  tmp = tmp_path_factory.mktemp('custom_run')
+  config = tiny_config('custom', synthetic_faces, tmp)
+  results = train.train_and_evaluate(config, str(tmp / 'run'))
+  return tmp / 'run', config, results
+
+
+def test_custom_run_writes_every_output(custom_run):
+  workdir, config, results = custom_run
+  for name in ('config.json', 'weights_metadata.json', 'metrics.jsonl', 'results.json',
+               'predictions_test.csv', 'protocol/train.txt', 'checkpoints/best',
+               'checkpoints/latest', 'tensorboard'):
+    assert (workdir / name).exists(), name
+  epochs = train.read_metrics(workdir)
+  assert [e['epoch'] for e in epochs] == [1, 2]
+  assert set(epochs[0]) >= {'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy'}
+  saved = json.loads((workdir / 'results.json').read_text())
+  assert saved['metrics'] == results['metrics']
+  assert saved['metrics']['num_examples'] == config.num_test
+  assert saved['params']['trainable'] == saved['params']['total'] > 0
+  assert saved['weights'] is None
+  lines = (workdir / 'predictions_test.csv').read_text().splitlines()
+  assert lines[0] == 'path,label,p_male' and len(lines) == 1 + config.num_test
+
+
+def test_custom_model_learns_the_synthetic_faces(synthetic_faces, tmp_path):
+  config = tiny_config('custom', synthetic_faces, tmp_path, num_epochs=6, num_train=48,
+                       num_valid=20, num_test=20)
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['metrics']['accuracy'] >= 0.9
+
+
+def test_evaluate_reproduces_test_metrics_from_the_checkpoint(custom_run, synthetic_faces):
+  workdir, _, results = custom_run
+  result = evaluate.evaluate(str(workdir), split='test')
+  assert result['metrics']['confusion_matrix'] == results['metrics']['confusion_matrix']
+  for key in ('accuracy', 'precision', 'recall', 'f1', 'roc_auc'):
+    assert result['metrics'][key] == pytest.approx(results['metrics'][key]), key
+  assert result['metrics']['loss'] == pytest.approx(results['metrics']['loss'], rel=1e-4)
+  assert (workdir / 'eval_test.json').exists()
+  table = evaluate.format_table(result)
+  assert 'accuracy' in table and 'roc_auc' in table
+
+
+def test_evaluate_on_any_labelled_folder(custom_run, synthetic_faces):
+  workdir, _, _ = custom_run
+  result = evaluate.evaluate(str(workdir), folder=str(synthetic_faces / 'valid'))
+  assert result['metrics']['num_examples'] == 20
+
+
+def test_rerun_of_a_finished_run_resumes_without_training_again(custom_run):
+  workdir, config, results = custom_run
+  before = (workdir / 'metrics.jsonl').read_text()
+  again = train.train_and_evaluate(config, str(workdir))
+  assert (workdir / 'metrics.jsonl').read_text() == before
+  assert again['metrics'] == results['metrics']
+
+
+def test_same_config_and_seed_give_the_same_results(custom_run, synthetic_faces, tmp_path):
+  _, config, results = custom_run
+  again = train.train_and_evaluate(config, str(tmp_path / 'again'))
+  assert again['metrics'] == results['metrics']
+
+
+def test_frozen_base_stays_bit_identical_and_head_trains(synthetic_faces, tmp_path):
+  config = tiny_config('vgg16', synthetic_faces, tmp_path, cache_features=False)
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  initial = train.initial_params(
+      train.models.create_model(config, 'caffe_imagenet'), config,
+      jax.random.split(jax.random.PRNGKey(config.seed))[0])
+  final = restore_latest(workdir)
+  for a, b in zip(jax.tree.leaves(initial['base']), jax.tree.leaves(final['base'])):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(initial['head']['logit']['kernel']),
+                            np.asarray(final['head']['logit']['kernel']))
+
+
+def test_finetuned_blocks_train_and_the_rest_stays_frozen(synthetic_faces, tmp_path):
+  config = tiny_config('vgg16', synthetic_faces, tmp_path, finetune_blocks=('block5',),
+                       finetune_learning_rate=1e-3, num_epochs=1)
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  initial = train.initial_params(
+      train.models.create_model(config, 'caffe_imagenet'), config,
+      jax.random.split(jax.random.PRNGKey(config.seed))[0])['base']
+  final = restore_latest(workdir)['base']
+  assert np.array_equal(initial['block4_conv3']['kernel'], final['block4_conv3']['kernel'])
+  assert not np.array_equal(initial['block5_conv3']['kernel'], final['block5_conv3']['kernel'])
+
+
+def test_cached_features_give_the_same_results_as_images(synthetic_faces, tmp_path):
+  runs = {}
+  for cache in (True, False):
+    config = tiny_config('vggface', synthetic_faces, tmp_path, cache_features=cache)
+    runs[cache] = train.train_and_evaluate(config, str(tmp_path / f'cache_{cache}'))
+  assert (tmp_path / 'cache_True' / 'features').is_dir()
+  assert not (tmp_path / 'cache_False' / 'features').exists()
+  cached, uncached = runs[True]['metrics'], runs[False]['metrics']
+  assert cached['confusion_matrix'] == uncached['confusion_matrix']
+  assert cached['loss'] == pytest.approx(uncached['loss'], rel=1e-4)
+  a = train.read_metrics(tmp_path / 'cache_True')
+  b = train.read_metrics(tmp_path / 'cache_False')
+  for x, y in zip(a, b):
+    assert x['train_loss'] == pytest.approx(y['train_loss'], rel=1e-4)
+
+
+def test_pretrained_model_without_weights_says_how_to_get_them(synthetic_faces, tmp_path):
+  config = tiny_config('vggface', synthetic_faces, tmp_path, allow_random_base=False,
+                       weights=str(tmp_path / 'missing'))
+  with pytest.raises(pretrained.MissingWeightsError, match='weights_convert'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_random_base_is_recorded_in_the_results(synthetic_faces, tmp_path):
+  config = tiny_config('vgg16', synthetic_faces, tmp_path, num_epochs=1)
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['weights'] == {'source': 'imagenet', 'h5_sha256': None, 'random_base': True}
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    synthetic_faces, tmp_path, monkeypatch):
+  config = tiny_config('custom', synthetic_faces, tmp_path, num_epochs=1)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  config.num_epochs = 2
+  monkeypatch.setattr(train, 'binary_cross_entropy', lambda logits, labels: logits * np.nan)
+  with pytest.raises(train.NonFiniteLossError, match='epoch 2'):
+    train.train_and_evaluate(config, workdir)
+  assert train.checkpoint_managers(workdir)['latest'].latest_step() == 1
+
+
+def test_batch_size_must_split_over_devices(synthetic_faces, tmp_path):
+  config = tiny_config('custom', synthetic_faces, tmp_path, batch_size=6)
+  with pytest.raises(ValueError, match='multiple of the 4 devices'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_one_and_four_devices_give_the_same_params_and_metrics(synthetic_faces, tmp_path):
+  overrides = {'data_dir': synthetic_faces, 'tfds_dir': tmp_path / 'tfds', 'batch_size': 8,
+               'num_epochs': 1}
+  for devices in (1, 4):
+    run_main(tmp_path / f'dev{devices}', 'configs/tiny.py:custom', overrides, devices=devices)
+  one, four = (json.loads((tmp_path / f'dev{d}' / 'results.json').read_text())
+               for d in (1, 4))
+  assert one['devices'].startswith('1 x') and four['devices'].startswith('4 x')
+  assert one['metrics']['confusion_matrix'] == four['metrics']['confusion_matrix']
+  assert one['metrics']['loss'] == pytest.approx(four['metrics']['loss'], rel=1e-5)
+  for a, b in zip(jax.tree.leaves(restore_latest(tmp_path / 'dev1')),
+                  jax.tree.leaves(restore_latest(tmp_path / 'dev4'))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_killed_run_resumes_to_the_same_results(synthetic_faces, tmp_path):
+  overrides = {'data_dir': synthetic_faces, 'tfds_dir': tmp_path / 'tfds', 'num_epochs': 4}
+  run_main(tmp_path / 'straight', 'configs/tiny.py:custom', overrides)
+  workdir = tmp_path / 'killed'
+  process = run_main(workdir, 'configs/tiny.py:custom', overrides, wait=False)
+  latest = workdir / 'checkpoints' / 'latest'
+  deadline = time.time() + 300
+  while not (latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())):
+    assert process.poll() is None, process.stderr.read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (workdir / 'results.json').exists()
+  run_main(workdir, 'configs/tiny.py:custom', overrides)
+  straight, resumed = (json.loads((tmp_path / n / 'results.json').read_text())
+                       for n in ('straight', 'killed'))
+  assert resumed['metrics'] == straight['metrics']
+  learned = ('epoch', 'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy')
+  assert ([{k: e[k] for k in learned} for e in train.read_metrics(workdir)] ==
+          [{k: e[k] for k in learned} for e in train.read_metrics(tmp_path / 'straight')])
