@@ -1,0 +1,167 @@
+"""The whole study with gender_jax against the same study written in Keras on TensorFlow.
+
+Runs `python -m gender_jax.study` (each model's own config, with image size, epochs, batch size,
+seed and data overridden alike), then benchmarks/keras_study.py in its TensorFlow environment on
+the very files our run drew (its protocol lists). Both run as fresh subprocesses, one after the
+other, so each wall time covers interpreter start, imports, data loading, compilation, training
+and the test evaluation. Prints wall times, test accuracies and the ratios Keras / gender_jax.
+
+Pretrained weights may be missing: both sides then use random VGG16 bases of the same
+architecture (the same cost, so the speed comparison stands; accuracies of those two models mean
+nothing, only the custom model's can be compared).
+
+  python benchmarks/study_vs_keras.py --data_dir=../shared/data/celeba_gender \
+      --image_size=64 --epochs=3 --workdir=/tmp/study_vs_keras --json=study_vs_keras.json
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ('custom', 'vgg16', 'vggface')
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--data_dir', required=True)
+  parser.add_argument('--workdir', required=True, help='Runs and results go here (made fresh).')
+  parser.add_argument('--models', default=','.join(MODELS))
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--epochs', type=int, default=10)
+  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--num_images', default='5000,750,750',
+                      help='Train, valid and test images drawn (the protocol; smaller to try).')
+  parser.add_argument('--tfds_dir', default='',
+                      help='Reuse a built TFDS dataset; by default one is built inside workdir, '
+                           'so our time includes building it (the cold first run).')
+  parser.add_argument('--keras_python', default='/work/venvs/keras_tf/bin/python',
+                      help='A Python with tensorflow and keras (never the project environment).')
+  parser.add_argument('--skip', choices=('', 'ours', 'keras'), default='',
+                      help='Leave one side out (its results are read from workdir if there).')
+  parser.add_argument('--json', default='', help='Also write the comparison to this file.')
+  return parser.parse_args(argv)
+
+
+def timed(command, log_path, env=None):
+  """Runs a command with its output in a log file; (wall seconds, return code)."""
+  start = time.perf_counter()
+  with open(log_path, 'w') as log:
+    code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                          env=env).returncode
+  return time.perf_counter() - start, code
+
+
+def run_ours(args):
+  """gender_jax.study on the protocol; its wall time and each model's results.json."""
+  study_dir = os.path.join(args.workdir, 'ours')
+  command = [
+      sys.executable, '-m', 'gender_jax.study', f'--workdir={study_dir}',
+      f'--models={args.models}', '--config=configs/default.py',
+      f'--config.data_dir={os.path.abspath(args.data_dir)}',
+      f"--config.tfds_dir={args.tfds_dir or os.path.join(args.workdir, 'tfds')}",
+      f'--config.image_size={args.image_size}', f'--config.num_epochs={args.epochs}',
+      f'--config.batch_size={args.batch_size}', f'--config.seed={args.seed}',
+      '--config.allow_random_base=True']
+  command += [f'--config.num_{split}={n}'
+              for split, n in zip(('train', 'valid', 'test'), args.num_images.split(','))]
+  env = {**os.environ, 'TQDM_DISABLE': '1', 'PYTHONPATH': REPO}
+  seconds, code = timed(command, os.path.join(args.workdir, 'ours.log'), env)
+  if code:
+    raise SystemExit(f"gender_jax.study failed ({code}); see {args.workdir}/ours.log")
+  results = {}
+  for model in args.models.split(','):
+    with open(os.path.join(study_dir, model, 'results.json')) as f:
+      results[model] = json.load(f)
+  return {'seconds': seconds, 'command': command, 'results': results}
+
+
+def run_keras(args, ours):
+  """keras_study.py on the files our first model's run drew, with our configs' learning rates."""
+  first = args.models.split(',')[0]
+  config = ours['results'][first]['config']
+  rates = {m: r['config']['learning_rate'] for m, r in ours['results'].items()}
+  out = os.path.join(args.workdir, 'keras.json')
+  command = [
+      args.keras_python, os.path.join('benchmarks', 'keras_study.py'),
+      f"--protocol={os.path.join(args.workdir, 'ours', first, 'protocol')}",
+      f"--data_dir={config['data_dir']}", f'--models={args.models}',
+      f'--image_size={args.image_size}', f'--epochs={args.epochs}',
+      f'--batch_size={args.batch_size}', f'--seed={args.seed}', f'--json={out}',
+      f"--learning_rate={rates.get('vgg16', rates.get('vggface', 1e-4))}",
+      f"--custom_learning_rate={rates.get('custom', 1e-3)}"]
+  env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'JAX_PLATFORMS')}
+  seconds, code = timed(command, os.path.join(args.workdir, 'keras.log'), env)
+  if code:
+    raise SystemExit(f"keras_study.py failed ({code}); see {args.workdir}/keras.log")
+  with open(out) as f:
+    keras = json.load(f)
+  return {'seconds': seconds, 'command': command, 'info': keras['info'],
+          'results': {r['model']: r for r in keras['results']}}
+
+
+def compare(ours, keras):
+  """Per model and for the whole study: seconds, test accuracy, Keras / ours time ratio."""
+  rows = []
+  for model, ours_result in ours['results'].items():
+    theirs = keras['results'][model]
+    rows.append({
+        'model': model,
+        'ours_seconds': ours_result['total_seconds'], 'keras_seconds': theirs['seconds'],
+        'speedup': theirs['seconds'] / ours_result['total_seconds'],
+        'ours_accuracy': ours_result['metrics']['accuracy'],
+        'keras_accuracy': theirs['test_accuracy'],
+        'random_base': bool(ours_result['weights'] and ours_result['weights']['random_base'])})
+  rows.append({'model': 'whole study (wall, subprocess)', 'ours_seconds': ours['seconds'],
+               'keras_seconds': keras['seconds'], 'speedup': keras['seconds'] / ours['seconds']})
+  return rows
+
+
+def format_rows(rows):
+  lines = ['| model | gender_jax s | Keras s | Keras / gender_jax | gender_jax acc | Keras acc |',
+           '| --- | --- | --- | --- | --- | --- |']
+  for r in rows:
+    accuracies = (f"{r['ours_accuracy']:.4f} | {r['keras_accuracy']:.4f}"
+                  + (' (random base)' if r['random_base'] else '')
+                  if 'ours_accuracy' in r else ' | ')
+    lines.append(f"| {r['model']} | {r['ours_seconds']:.1f} | {r['keras_seconds']:.1f} | "
+                 f"{r['speedup']:.2f}x | {accuracies} |")
+  return '\n'.join(lines)
+
+
+def load(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  os.makedirs(args.workdir, exist_ok=True)
+  saved = {side: os.path.join(args.workdir, f'{side}_side.json') for side in ('ours', 'keras')}
+  if args.skip == 'ours':
+    ours = load(saved['ours'])
+  else:
+    ours = run_ours(args)
+    with open(saved['ours'], 'w') as f:
+      json.dump(ours, f, indent=1)
+  print(f"gender_jax study: {ours['seconds']:.1f} s", flush=True)
+  if args.skip == 'keras':
+    keras = load(saved['keras'])
+  else:
+    keras = run_keras(args, ours)
+    with open(saved['keras'], 'w') as f:
+      json.dump(keras, f, indent=1)
+  print(f"Keras study: {keras['seconds']:.1f} s", flush=True)
+  rows = compare(ours, keras)
+  print(format_rows(rows))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'args': vars(args), 'keras_info': keras['info'], 'rows': rows}, f, indent=1)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
