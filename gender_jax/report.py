@@ -5,9 +5,9 @@ Usage: python -m gender_jax.report RUN_DIR... [--out DIR] [--data_dir DIR]
 A RUN_DIR is a run directory (it holds results.json) or a study directory whose subfolders are
 run directories; a study's study.json adds its skipped experiments, command and machine.
 """
+import csv
 import dataclasses
 import datetime
-import csv
 import json
 import pathlib
 import platform
@@ -227,8 +227,8 @@ def confident_mistakes(run, k):
 
 def _show_image(ax, run, i):
   """One test image titled with the prediction; a mistake gets a red frame and title."""
-  image = Image.open(run.data_dir / run.paths[i]).convert('RGB')
-  ax.imshow(image)
+  with Image.open(run.data_dir / run.paths[i]) as image:
+    ax.imshow(image.convert('RGB'))
   mistake = run.predicted[i] != run.labels[i]
   color = 'red' if mistake else 'green'
   title = f'{LABELS[run.predicted[i]]} P(m)={run.p_male[i]:.2f}'
@@ -241,8 +241,8 @@ def _show_image(ax, run, i):
     spine.set(color=color, linewidth=4 if mistake else 1)
 
 
-def plot_image_grid(runs, indices, path):
-  """A row of test images per run (`indices[run.name]`); empty cells stay blank."""
+def plot_image_grid(runs, indices, path, empty='none'):
+  """A row of test images per run (`indices[run.name]`); a row without any says `empty`."""
   columns = max(1, max(len(ix) for ix in indices.values()))
   fig, axes = plt.subplots(len(runs), columns, figsize=(1.6 * columns, 2.4 * len(runs)),
                            squeeze=False)
@@ -255,7 +255,7 @@ def plot_image_grid(runs, indices, path):
     row[0].text(-0.15, 0.5, run.name, transform=row[0].transAxes, rotation=90,
                 ha='right', va='center', fontsize=10, weight='bold')
     if not len(indices[run.name]):
-      row[0].text(0.5, 0.5, 'none', transform=row[0].transAxes, ha='center', va='center')
+      row[0].text(0.5, 0.5, empty, transform=row[0].transAxes, ha='center', va='center')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -358,25 +358,31 @@ def _image_sections(runs, out, grid_per_class, num_mistakes):
       'test_samples': ('## Test predictions',
                        'The same seeded sample of test images for every run (half female, half '
                        'male): predicted label and P(male); mistakes framed in red.',
-                       {run.name: sample_indices(run, grid_per_class) for run in shown}),
+                       {run.name: sample_indices(run, grid_per_class) for run in shown},
+                       'no test images'),
       'confident_mistakes': ('## Most confident mistakes',
                              f'Each run\'s {num_mistakes} mistakes with the highest probability '
                              'on the wrong class.',
-                             {run.name: confident_mistakes(run, num_mistakes) for run in shown}),
+                             {run.name: confident_mistakes(run, num_mistakes) for run in shown},
+                             'no mistakes'),
   }
   lines = []
-  for name, (heading, text, indices) in sections.items():
+  for name, (heading, text, indices, empty) in sections.items():
     lines += [heading, '', text, ''] + notes + ([''] if notes else [])
     if shown:
-      plot_image_grid(shown, indices, out / FIGURES / f'{name}.png')
+      plot_image_grid(shown, indices, out / FIGURES / f'{name}.png', empty)
       lines += [f'![{name}]({FIGURES}/{name}.png)', '']
   return lines
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('out', None, 'Folder for report.md and figures/ (default: the only RUN_DIR).')
-flags.DEFINE_string('data_dir', None, "Face folder to read test images from (default: each "
-                    "run's own data_dir).")
+
+
+def define_flags():
+  """Defines the command line flags; only when run as a script, so imports never clash."""
+  flags.DEFINE_string('out', None, 'Folder for report.md and figures/ (default: the only RUN_DIR).')
+  flags.DEFINE_string('data_dir', None, "Face folder to read test images from (default: each "
+                      "run's own data_dir).")
 
 
 def main(argv):
@@ -390,4 +396,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

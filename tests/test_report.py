@@ -1,5 +1,8 @@
 """The comparison report from run directories that follow the run directory contract."""
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -7,6 +10,7 @@ import pytest
 
 from gender_jax import report
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ('## Setup', '## Results', '## Learning curves', '## Confusion matrices and ROC curves',
             '## Test predictions', '## Most confident mistakes')
 FIGURES = ('learning_curves', 'confusion_roc', 'test_samples', 'confident_mistakes')
@@ -59,13 +63,14 @@ def write_fake_run(workdir, data_dir, rows, model='custom', weights=None, epochs
   (workdir / 'config.json').write_text(json.dumps(results['config']))
 
 
-@pytest.fixture
-def study_dir(tmp_path):
+@pytest.fixture(scope='module')
+def study_dir(tmp_path_factory):
   """A study with a custom run, a random-base vgg16 run and a skipped vggface."""
-  rows = write_faces(tmp_path / 'faces')
-  study = tmp_path / 'study'
-  write_fake_run(study / 'custom', tmp_path / 'faces', rows)
-  write_fake_run(study / 'vgg16', tmp_path / 'faces', rows, model='vgg16', seed=1,
+  faces = tmp_path_factory.mktemp('faces')
+  rows = write_faces(faces)
+  study = tmp_path_factory.mktemp('study')
+  write_fake_run(study / 'custom', faces, rows)
+  write_fake_run(study / 'vgg16', faces, rows, model='vgg16', seed=1,
                  weights={'source': 'keras', 'h5_sha256': 'ab' * 32, 'random_base': True})
   (study / 'study.json').write_text(json.dumps({
       'command': 'python -m gender_jax.study', 'started': 'x', 'finished': 'y',
@@ -77,8 +82,13 @@ def study_dir(tmp_path):
   return study
 
 
-def test_report_has_every_section_figure_and_a_row_per_model(study_dir):
-  text = report.write_report([study_dir], study_dir).read_text()
+@pytest.fixture(scope='module')
+def report_text(study_dir):
+  return report.write_report([study_dir], study_dir).read_text()
+
+
+def test_report_has_every_section_figure_and_a_row_per_model(study_dir, report_text):
+  text = report_text
   for heading in SECTIONS + ('## Skipped experiments',):
     assert heading in text
   for model in ('custom', 'vgg16', 'vggface'):
@@ -89,20 +99,20 @@ def test_report_has_every_section_figure_and_a_row_per_model(study_dir):
       assert image.size[0] > 100 and np.asarray(image.convert('L')).std() > 0
 
 
-def test_setup_says_where_and_how_runs_were_made(study_dir):
-  text = report.write_report([study_dir], study_dir).read_text()
+def test_setup_says_where_and_how_runs_were_made(report_text):
+  text = report_text
   assert 'test-machine' in text and 'python -m gender_jax.study' in text
   assert '4 x cpu' in text
 
 
-def test_random_base_is_reported_loudly(study_dir):
-  text = report.write_report([study_dir], study_dir).read_text()
+def test_random_base_is_reported_loudly(report_text):
+  text = report_text
   assert 'RANDOM BASE (NOT PRETRAINED)' in text
   assert 'WARNING: vgg16 ran on a RANDOM base' in text
 
 
-def test_skipped_experiment_reason_is_reported(study_dir):
-  text = report.write_report([study_dir], study_dir).read_text()
+def test_skipped_experiment_reason_is_reported(report_text):
+  text = report_text
   assert 'weights/vggface missing: run weights_convert' in text
 
 
@@ -133,3 +143,13 @@ def test_sample_is_the_same_for_runs_of_one_protocol(study_dir):
   custom, vgg16 = (report.load_run(study_dir / m) for m in ('custom', 'vgg16'))
   pick = lambda run: [run.paths[i] for i in report.sample_indices(run, 2)]
   assert pick(custom) == pick(vgg16)
+
+
+def test_command_line_writes_the_report_where_asked(study_dir, tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'gender_jax.report', str(study_dir / 'custom'),
+       str(study_dir / 'vgg16'), f'--out={tmp_path / "out"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / 'out' / 'report.md').exists()
+  assert (tmp_path / 'out' / 'figures' / 'confident_mistakes.png').exists()

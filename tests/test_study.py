@@ -1,0 +1,108 @@
+"""The study: every model on one protocol, skips for missing weights, then the full report."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import app
+import numpy as np
+from PIL import Image
+import pytest
+
+from gender_jax import study
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(REPO / 'configs' / 'tiny.py')
+SECTIONS = ('## Setup', '## Results', '## Skipped experiments', '## Learning curves',
+            '## Confusion matrices and ROC curves', '## Test predictions',
+            '## Most confident mistakes')
+FIGURES = ('learning_curves', 'confusion_roc', 'test_samples', 'confident_mistakes')
+
+
+def test_command_line_fields_override_each_models_own_config():
+  configs = study.experiment_configs(study.MODELS, str(REPO / 'configs' / 'default.py'),
+                                     {'num_epochs': 3, 'data_dir': '/faces'})
+  assert [c.model for c in configs.values()] == list(study.MODELS)
+  assert all(c.num_epochs == 3 and c.data_dir == '/faces' for c in configs.values())
+  assert configs['vgg16'].weights == 'weights/vgg16_imagenet'  # Its own field stays.
+  assert configs['vggface'].weights == 'weights/vggface'
+
+
+def test_a_config_taking_an_argument_is_called_with_each_model():
+  configs = study.experiment_configs(['custom', 'vggface'], f'{TINY}:custom', {'seed': 7})
+  assert configs['vggface'].model == 'vggface' and configs['vggface'].image_size == 32
+  assert configs['custom'].seed == configs['vggface'].seed == 7
+
+
+@pytest.mark.parametrize('filename, overrides', [
+    ('configs/default.py', {'model': 'vgg16'}),
+    ('configs/default.py', {'weights': 'weights/vgg16_imagenet'}),
+    ('configs/vgg16.py', {}),  # Its values would be silently ignored.
+])
+def test_ambiguous_configs_are_refused(filename, overrides):
+  with pytest.raises(app.UsageError):
+    study.experiment_configs(study.MODELS, filename, overrides)
+
+
+@pytest.fixture(scope='module')
+def tiny_study(tmp_path_factory, synthetic_faces):
+  """The study over the tiny configs: custom trains, vgg16 lacks its converted weights.
+
+  (A pretrained model that trains costs ~30 s of VGG16 compilation on CPU: the report's
+  weights provenance is tested on fake run dirs in test_report.py instead.)
+  """
+  workdir = tmp_path_factory.mktemp('study')
+  overrides = {'data_dir': str(synthetic_faces), 'tfds_dir': str(workdir / 'tfds')}
+  experiments = study.experiment_configs(['custom', 'vgg16'], f'{TINY}:custom', overrides)
+  experiments['vgg16'].weights = str(workdir / 'no_vgg16_weights')
+  return workdir, study.run_study(experiments, str(workdir), command='pytest')
+
+
+def test_study_runs_each_model_and_records_the_skip(tiny_study):
+  workdir, record = tiny_study
+  assert json.loads((workdir / 'study.json').read_text()) == record
+  statuses = {m: e['status'] for m, e in record['experiments'].items()}
+  assert statuses == {'custom': 'done', 'vgg16': 'skipped'}
+  assert 'python -m weights_convert' in record['experiments']['vgg16']['reason']
+  assert (workdir / 'custom' / 'results.json').exists()
+
+
+def test_study_report_has_every_section_figure_and_a_row_per_model(tiny_study):
+  workdir, _ = tiny_study
+  text = (workdir / 'report.md').read_text()
+  for heading in SECTIONS:
+    assert heading in text
+  for model in ('custom', 'vgg16'):
+    assert f'| {model} | {model} |' in text
+  for name in FIGURES:
+    assert f'figures/{name}.png' in text
+    with Image.open(workdir / 'figures' / f'{name}.png') as image:
+      assert np.asarray(image.convert('L')).std() > 0
+
+
+def test_rerun_of_one_model_resumes_it_and_keeps_the_others(tiny_study):
+  workdir, _ = tiny_study
+  history = (workdir / 'custom' / 'metrics.jsonl').read_text()
+  data_dir = json.loads((workdir / 'custom' / 'results.json').read_text())['data_dir']
+  experiments = study.experiment_configs(['custom'], f'{TINY}:custom', {
+      'data_dir': data_dir, 'tfds_dir': str(workdir / 'tfds')})
+  record = study.run_study(experiments, str(workdir), command='pytest rerun')
+  assert {m: e['status'] for m, e in record['experiments'].items()} == {
+      'custom': 'done', 'vgg16': 'skipped'}
+  assert (workdir / 'custom' / 'metrics.jsonl').read_text() == history  # Nothing retrained.
+
+
+def test_command_line_skips_missing_weights_with_the_commands(tmp_path, synthetic_faces):
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  result = subprocess.run(
+      [sys.executable, '-m', 'gender_jax.study', f'--workdir={tmp_path / "study"}',
+       f'--config={TINY}:vgg16', '--models=vgg16', f'--config.data_dir={synthetic_faces}',
+       f'--config.tfds_dir={tmp_path / "tfds"}'],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert 'Skipping vgg16' in result.stdout and 'python -m weights_convert' in result.stdout
+  record = json.loads((tmp_path / 'study' / 'study.json').read_text())
+  assert record['experiments']['vgg16']['status'] == 'skipped'
+  assert '--models=vgg16' in record['command']
+  assert '## Skipped experiments' in (tmp_path / 'study' / 'report.md').read_text()
