@@ -291,8 +291,9 @@ def _setup_section(study):
   for run in study.runs:
     r, c = run.results, run.results.get('config', {})
     command = r.get('command') or run.entry.get('command') or 'not recorded'
+    machine = r.get('platform') or run.entry.get('machine', {}).get('platform', 'not recorded')
     lines.append(
-        f"| {run.name} | {_when(run)} | {run.entry.get('machine', {}).get('platform', '')} | "
+        f"| {run.name} | {_when(run)} | {machine} | "
         f"{r.get('devices')} | `{r.get('data_dir')}` | "
         f"{c.get('num_train')}/{c.get('num_valid')}/{c.get('num_test')} | "
         f"{c.get('image_size')} ({c.get('resize')}) | {r.get('num_epochs')} | "
