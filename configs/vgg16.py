@@ -5,5 +5,5 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model = 'vgg16'
-  config.weights = 'weights/vgg16_imagenet'
+  config.weights = 'weights/imagenet'
   return config

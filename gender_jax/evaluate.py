@@ -16,13 +16,17 @@ from gender_jax import input_pipeline
 from gender_jax import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'A run directory written by gender_jax.main.')
-flags.DEFINE_enum('split', 'test', ['train', 'valid', 'test'], 'A split of the run\'s protocol.')
-flags.DEFINE_string('folder', None, 'Evaluate on this labelled folder (male/female subfolders) '
-                    'instead of a split.')
-flags.DEFINE_string('data_dir', None, 'Override the run\'s face folder (if it moved).')
-flags.DEFINE_integer('batch_size', 256, 'Images per forward pass.')
-flags.mark_flags_as_required(['workdir'])
+
+
+def define_flags():
+  """Flags of the command line only, so importing this module defines none."""
+  flags.DEFINE_string('workdir', None, 'A run directory written by gender_jax.main.')
+  flags.DEFINE_enum('split', 'test', ['train', 'valid', 'test'], 'A split of the run\'s protocol.')
+  flags.DEFINE_string('folder', None, 'Evaluate on this labelled folder (male/female '
+                      'subfolders) instead of a split.')
+  flags.DEFINE_string('data_dir', None, 'Override the run\'s face folder (if it moved).')
+  flags.DEFINE_integer('batch_size', 256, 'Images per forward pass.')
+  flags.mark_flags_as_required(['workdir'])
 
 
 def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=256):
@@ -67,4 +71,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

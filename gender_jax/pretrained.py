@@ -69,6 +69,11 @@ def load(weights_dir, expected_source=None):
   Raises MissingWeightsError (with the commands to make the folder) when it is missing or
   incomplete, WeightsMismatchError when it holds another source's or model's weights.
   """
+  if not str(weights_dir or ''):
+    source = expected_source or 'vggface'
+    raise MissingWeightsError(
+        'No weights folder is set (config.weights is empty). Make one and pass it as '
+        f'--config.weights=weights/{source}:\n{how_to_get(f"weights/{source}", source)}')
   weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
   if expected_source is not None and expected_source not in H5_URL_OF_SOURCE:
     raise ValueError(f'Unknown source {expected_source!r}; expected one of '

@@ -8,7 +8,10 @@ import functools
 import hashlib
 import json
 import os
+import platform
+import shlex
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -58,16 +61,23 @@ def load_base_weights(config):
 
 
 def initial_params(model, config, rng, base_params=None):
-  """Initialises {'base', 'head'} params, with the converted base params where given."""
+  """Initialises {'base', 'head'} params, with the converted base params where given.
+
+  With a converted base only the head is initialised (the same values a full init gives, since
+  flax derives each module's rng from its path): compiling VGG16's init would be wasted.
+  """
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
-  params = flax.core.unfreeze(jax.jit(model.init)(rng, dummy)['params'])
-  if base_params is not None:
-    expected = jax.tree.map(jnp.shape, params['base'])
-    got = jax.tree.map(jnp.shape, base_params)
-    if expected != got:
-      raise ValueError(f'Converted base weights do not fit the model: {got} vs {expected}.')
-    params['base'] = jax.tree.map(jnp.asarray, base_params)
-  return params
+  if base_params is None:
+    return flax.core.unfreeze(jax.jit(model.init)(rng, dummy)['params'])
+  expected = jax.eval_shape(model.init, rng, dummy)['params']
+  got = jax.tree.map(jnp.shape, base_params)
+  if jax.tree.map(jnp.shape, expected['base']) != got:
+    raise ValueError(f'Converted base weights do not fit the model: {got}.')
+  features = jax.eval_shape(lambda p: model.apply({'params': p}, dummy, method='encode'),
+                            expected)
+  head = model.init(rng, jnp.zeros(features.shape, features.dtype), method='classify')
+  return {'base': jax.tree.map(jnp.asarray, base_params),
+          'head': flax.core.unfreeze(head['params']['head'])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,6 +514,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'data_dir': os.path.abspath(config.data_dir), 'config': config.to_dict(),
       'git_commit': git_commit(),
       'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
+      'platform': f'{platform.platform()}, {os.cpu_count()} CPUs, jax {jax.__version__}',
+      'command': shlex.join([os.path.basename(sys.executable), *sys.argv]),
+      'finished_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
   }
   write_json(os.path.join(workdir, 'results.json'), results)
   write_predictions(os.path.join(workdir, 'predictions_test.csv'), splits['test'], test_logits)

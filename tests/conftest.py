@@ -50,3 +50,20 @@ def write_synthetic_faces(root, counts=None, size=(24, 28), seed=0):
 def synthetic_faces(tmp_path_factory):
   """A small labelled face folder (read-only use), made once per test session."""
   return write_synthetic_faces(tmp_path_factory.mktemp('faces'))
+
+
+@pytest.fixture(scope='session')
+def converted_weights(tmp_path_factory):
+  """{source: folder} converted by weights_convert from a Keras-written, seeded random VGG16."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from weights_convert import convert  # pylint: disable=g-import-not-at-top
+  tmp = tmp_path_factory.mktemp('keras_vgg16')
+  keras.utils.set_random_seed(0)
+  net = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+  h5 = tmp / 'vgg16.weights.h5'
+  net.save_weights(str(h5))
+  folders = {}
+  for source in ('imagenet', 'vggface'):
+    convert.convert(source, h5, tmp / source)
+    folders[source] = tmp / source
+  return folders

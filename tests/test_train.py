@@ -120,25 +120,60 @@ def test_same_config_and_seed_give_the_same_results(custom_run, synthetic_faces,
   assert again['metrics'] == results['metrics']
 
 
-def test_frozen_base_stays_bit_identical_and_head_trains(synthetic_faces, tmp_path):
-  config = tiny_config('vgg16', synthetic_faces, tmp_path, cache_features=False)
-  workdir = tmp_path / 'run'
-  train.train_and_evaluate(config, str(workdir))
-  initial = train.initial_params(
-      train.models.create_model(config, 'caffe_imagenet'), config,
-      jax.random.split(jax.random.PRNGKey(config.seed))[0])
+@pytest.fixture(scope='module')
+def vggface_runs(synthetic_faces, converted_weights, tmp_path_factory):
+  """Tiny VGGFace runs on Keras-written converted weights, with and without the feature cache."""
+  tmp = tmp_path_factory.mktemp('vggface_runs')
+  runs = {}
+  for cache in (True, False):
+    config = tiny_config('vggface', synthetic_faces, tmp, cache_features=cache,
+                         allow_random_base=False, weights=str(converted_weights['vggface']),
+                         num_train=16, num_valid=8, num_test=8)
+    runs[cache] = (tmp / f'cache_{cache}', train.train_and_evaluate(config, str(tmp / f'cache_{cache}')))
+  return runs
+
+
+def test_pretrained_run_records_its_converted_weights(vggface_runs, converted_weights):
+  _, results = vggface_runs[True]
+  metadata = json.loads((converted_weights['vggface'] / 'metadata.json').read_text())
+  assert results['weights'] == {'source': 'vggface', 'h5_sha256': metadata['h5_sha256'],
+                                'random_base': False}
+  assert results['params']['trainable'] < results['params']['total']
+
+
+@pytest.mark.parametrize('cache', [True, False])
+def test_frozen_base_stays_bit_identical_and_head_trains(vggface_runs, converted_weights, cache):
+  workdir, _ = vggface_runs[cache]
+  converted, _ = pretrained.load(converted_weights['vggface'])
   final = restore_latest(workdir)
-  for a, b in zip(jax.tree.leaves(initial['base']), jax.tree.leaves(final['base'])):
+  for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(final['base'])):
     assert np.array_equal(np.asarray(a), np.asarray(b))
+  config = tiny.get_config('vggface')
+  initial = train.initial_params(train.models.create_model(config, 'vggface_v1'), config,
+                                 jax.random.split(jax.random.PRNGKey(config.seed))[0],
+                                 base_params=converted)
   assert not np.array_equal(np.asarray(initial['head']['logit']['kernel']),
                             np.asarray(final['head']['logit']['kernel']))
 
 
+def test_cached_features_give_the_same_results_as_images(vggface_runs):
+  (cached_dir, cached), (uncached_dir, uncached) = vggface_runs[True], vggface_runs[False]
+  assert (cached_dir / 'features').is_dir()
+  assert not (uncached_dir / 'features').exists()
+  assert cached['metrics']['confusion_matrix'] == uncached['metrics']['confusion_matrix']
+  assert cached['metrics']['loss'] == pytest.approx(uncached['metrics']['loss'], rel=1e-4)
+  for x, y in zip(train.read_metrics(cached_dir), train.read_metrics(uncached_dir)):
+    assert x['train_loss'] == pytest.approx(y['train_loss'], rel=1e-4)
+    assert x['valid_loss'] == pytest.approx(y['valid_loss'], rel=1e-4)
+
+
 def test_finetuned_blocks_train_and_the_rest_stays_frozen(synthetic_faces, tmp_path):
   config = tiny_config('vgg16', synthetic_faces, tmp_path, finetune_blocks=('block5',),
-                       finetune_learning_rate=1e-3, num_epochs=1)
+                       finetune_learning_rate=1e-3, num_epochs=1, num_train=16, num_valid=8,
+                       num_test=8)
   workdir = tmp_path / 'run'
-  train.train_and_evaluate(config, str(workdir))
+  results = train.train_and_evaluate(config, str(workdir))
+  assert results['weights'] == {'source': 'imagenet', 'h5_sha256': None, 'random_base': True}
   initial = train.initial_params(
       train.models.create_model(config, 'caffe_imagenet'), config,
       jax.random.split(jax.random.PRNGKey(config.seed))[0])['base']
@@ -147,33 +182,11 @@ def test_finetuned_blocks_train_and_the_rest_stays_frozen(synthetic_faces, tmp_p
   assert not np.array_equal(initial['block5_conv3']['kernel'], final['block5_conv3']['kernel'])
 
 
-def test_cached_features_give_the_same_results_as_images(synthetic_faces, tmp_path):
-  runs = {}
-  for cache in (True, False):
-    config = tiny_config('vggface', synthetic_faces, tmp_path, cache_features=cache)
-    runs[cache] = train.train_and_evaluate(config, str(tmp_path / f'cache_{cache}'))
-  assert (tmp_path / 'cache_True' / 'features').is_dir()
-  assert not (tmp_path / 'cache_False' / 'features').exists()
-  cached, uncached = runs[True]['metrics'], runs[False]['metrics']
-  assert cached['confusion_matrix'] == uncached['confusion_matrix']
-  assert cached['loss'] == pytest.approx(uncached['loss'], rel=1e-4)
-  a = train.read_metrics(tmp_path / 'cache_True')
-  b = train.read_metrics(tmp_path / 'cache_False')
-  for x, y in zip(a, b):
-    assert x['train_loss'] == pytest.approx(y['train_loss'], rel=1e-4)
-
-
 def test_pretrained_model_without_weights_says_how_to_get_them(synthetic_faces, tmp_path):
   config = tiny_config('vggface', synthetic_faces, tmp_path, allow_random_base=False,
                        weights=str(tmp_path / 'missing'))
   with pytest.raises(pretrained.MissingWeightsError, match='weights_convert'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
-
-
-def test_random_base_is_recorded_in_the_results(synthetic_faces, tmp_path):
-  config = tiny_config('vgg16', synthetic_faces, tmp_path, num_epochs=1)
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert results['weights'] == {'source': 'imagenet', 'h5_sha256': None, 'random_base': True}
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
