@@ -123,6 +123,16 @@ def build(name, args):
   raise ValueError(f'Unknown model {name!r}.')
 
 
+class EpochTimes(keras.callbacks.Callback):
+  """Wall seconds of each epoch, validation included."""
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.seconds = getattr(self, 'seconds', []) + [time.perf_counter() - self.start]
+
+
 def run_model(name, folder, args):
   """Builds, fits (with validation) and evaluates one model; wall times and accuracies."""
   start = time.perf_counter()
@@ -132,14 +142,16 @@ def run_model(name, folder, args):
   model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss='binary_crossentropy',
                 metrics=['accuracy'])
   fit_start = time.perf_counter()
+  epoch_times = EpochTimes()
   history = model.fit(data['train'], validation_data=data['valid'], epochs=args.epochs,
-                      verbose=2)
+                      verbose=2, callbacks=[epoch_times])
   evaluate_start = time.perf_counter()
   test_loss, test_accuracy = model.evaluate(data['test'], verbose=0)
   end = time.perf_counter()
   return {
       'model': name, 'seconds': end - start, 'fit_seconds': evaluate_start - fit_start,
-      'evaluate_seconds': end - evaluate_start, 'test_accuracy': float(test_accuracy),
+      'evaluate_seconds': end - evaluate_start, 'epoch_seconds': epoch_times.seconds,
+      'test_accuracy': float(test_accuracy),
       'test_loss': float(test_loss),
       'valid_accuracy': [float(a) for a in history.history['val_accuracy']],
       'random_base': name != 'custom' and not getattr(args, f'{name}_weights'),

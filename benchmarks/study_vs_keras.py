@@ -14,8 +14,10 @@ nothing, only the custom model's can be compared).
       --image_size=64 --epochs=3 --workdir=/tmp/study_vs_keras --json=study_vs_keras.json
 """
 import argparse
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,6 +44,10 @@ def parse_args(argv=None):
                       help='A Python with tensorflow and keras (never the project environment).')
   parser.add_argument('--skip', choices=('', 'ours', 'keras'), default='',
                       help='Leave one side out (its results are read from workdir if there).')
+  parser.add_argument('--extrapolate_epochs', type=int, default=0,
+                      help='Also estimate both sides at this many epochs: measured time plus '
+                           'the extra epochs at each side\'s measured cost of a later epoch '
+                           '(needs --epochs >= 2). Printed and saved labelled as an estimate.')
   parser.add_argument('--json', default='', help='Also write the comparison to this file.')
   return parser.parse_args(argv)
 
@@ -76,7 +82,29 @@ def run_ours(args):
   for model in args.models.split(','):
     with open(os.path.join(study_dir, model, 'results.json')) as f:
       results[model] = json.load(f)
-  return {'seconds': seconds, 'command': command, 'results': results}
+  with open(os.path.join(args.workdir, 'ours.log')) as f:
+    epoch_seconds = logged_epoch_seconds(f)
+  return {'seconds': seconds, 'command': command, 'results': results,
+          'epoch_seconds': epoch_seconds}
+
+
+def logged_epoch_seconds(log_lines):
+  """{model: [wall seconds between consecutive epochs' log lines]} from a study's absl log.
+
+  Unlike metrics.jsonl's epoch_seconds (the training pass), this is an epoch's whole cost:
+  training, validation and checkpoints, as Keras's epoch times include validation.
+  """
+  stamps, model = {}, None
+  for line in log_lines:
+    study = re.search(r'Study: (\w+) into', line)
+    epoch = re.match(r'I\d{4} (\d\d:\d\d:\d\d\.\d+) .*\] epoch \d+: ', line)
+    if study:
+      model = study.group(1)
+    elif epoch and model:
+      stamps.setdefault(model, []).append(
+          datetime.datetime.strptime(epoch.group(1), '%H:%M:%S.%f'))
+  return {m: [(b - a).total_seconds() % 86400 for a, b in zip(t, t[1:])]
+          for m, t in stamps.items()}
 
 
 def run_keras(args, ours):
@@ -100,7 +128,23 @@ def run_keras(args, ours):
   with open(out) as f:
     keras = json.load(f)
   return {'seconds': seconds, 'command': command, 'info': keras['info'],
-          'results': {r['model']: r for r in keras['results']}}
+          'results': {r['model']: r for r in keras['results']},
+          'epoch_seconds': {r['model']: r['epoch_seconds'][1:] for r in keras['results']}}
+
+
+def extrapolate(rows, ours, keras, epochs, target_epochs):
+  """An estimate at target_epochs: each time plus the extra epochs at its later-epoch cost."""
+  estimate = []
+  for r in rows:
+    models = [r['model']] if r['model'] in ours['results'] else list(ours['results'])
+    extra = {side: sum((target_epochs - epochs) * sum(s['epoch_seconds'][m]) /
+                       len(s['epoch_seconds'][m]) for m in models)
+             for side, s in (('ours', ours), ('keras', keras))}
+    out = {'model': r['model'], 'ours_seconds': r['ours_seconds'] + extra['ours'],
+           'keras_seconds': r['keras_seconds'] + extra['keras']}
+    out['speedup'] = out['keras_seconds'] / out['ours_seconds']
+    estimate.append(out)
+  return estimate
 
 
 def compare(ours, keras):
@@ -157,10 +201,16 @@ def main(argv=None):
   print(f"Keras study: {keras['seconds']:.1f} s", flush=True)
   rows = compare(ours, keras)
   print(format_rows(rows))
+  out = {'args': vars(args), 'keras_info': keras['info'], 'rows': rows,
+         'epoch_seconds': {'ours': ours['epoch_seconds'], 'keras': keras['epoch_seconds']}}
+  if args.extrapolate_epochs:
+    out['estimate'] = extrapolate(rows, ours, keras, args.epochs, args.extrapolate_epochs)
+    print(f'\nESTIMATE (not measured) at {args.extrapolate_epochs} epochs:')
+    print(format_rows(out['estimate']))
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump({'args': vars(args), 'keras_info': keras['info'], 'rows': rows}, f, indent=1)
-  return rows
+      json.dump(out, f, indent=1)
+  return out
 
 
 if __name__ == '__main__':
