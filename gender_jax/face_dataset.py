@@ -319,6 +319,8 @@ def build(source_dir, tfds_dir, max_bad_fraction=0.01):
       check_bad_files(dict(builder.info.metadata), report_path(builder), max_bad_fraction)
     else:
       builder.download_and_prepare(file_format='array_record')
+      for split in builder.info.splits:  # Part of the build, so loads never parse every record.
+        read_index(builder, split)
   return builder
 
 
