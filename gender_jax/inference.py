@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 
 from gender_jax import metrics
 from gender_jax import models
+from gender_jax import train
 
 
 @dataclasses.dataclass
@@ -38,7 +39,9 @@ def load_trained(workdir):
     metadata = json.load(f)
   model = models.create_model(config, metadata and metadata['preprocessing'])
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
-  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)['params']
+  abstract = train.with_sharding(
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)['params'],
+      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   with ocp.CheckpointManager(best_dir, item_names=('state', 'progress')) as manager:
     epoch = manager.latest_step()
     if epoch is None:

@@ -334,14 +334,21 @@ def save_checkpoint(manager, epoch, state, progress):
   manager.wait_until_finished()
 
 
-def restore_checkpoint(manager, state):
+def with_sharding(tree, sharding):
+  """Shape/dtype structs placed on `sharding`: checkpoints restore onto this run's devices,
+  whatever devices saved them (a GPU run evaluates on a laptop)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+                      if hasattr(x, 'shape') else x, tree)  # Python scalars restore as they are.
+
+
+def restore_checkpoint(manager, state, sharding):
   """(state, progress) from the manager's latest step, or (state, None) if there is none."""
   step = manager.latest_step()
   if step is None:
     return state, None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+      state=ocp.args.StandardRestore(with_sharding(state, sharding)),
+      progress=ocp.args.JsonRestore()))
   return restored.state, restored.progress
 
 
@@ -432,7 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Resume.
   managers = checkpoint_managers(workdir)
-  state, progress = restore_checkpoint(managers['latest'], state)
+  state, progress = restore_checkpoint(managers['latest'], state, mesh.replicated)
   progress = progress or {'epoch': 0, 'best_valid_accuracy': -1.0, 'best_epoch': 0,
                           'train_seconds': 0.0}
   if progress['epoch']:
@@ -494,8 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.close()
 
   # The best checkpoint on the test split.
-  best = restore_best_params(managers['best'], state.params)
-  test_logits = predict_logits(mesh, model.apply, jax.device_put(best, mesh.replicated),
+  best = restore_best_params(managers['best'], state.params, mesh.replicated)
+  test_logits = predict_logits(mesh, model.apply, best,
                                splits['test'], config.eval_batch_size,
                                features=features['test'] if use_cache else None,
                                desc='test')
@@ -524,10 +531,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
-def restore_best_params(manager, params):
-  abstract = {'params': jax.tree.map(ocp.utils.to_shape_dtype_struct, params)}
+def restore_best_params(manager, params, sharding):
   restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))
+      state=ocp.args.StandardRestore({'params': with_sharding(params, sharding)})))
   return restored.state['params']
 
 

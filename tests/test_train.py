@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,20 +32,22 @@ def tiny_config(model, data_dir, tmp_path, **overrides):
 
 
 def restore_latest(workdir):
-  """The params of the latest checkpoint of a run, as numpy."""
-  with train.ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints',
-                                                                'latest'))) as manager:
-    restored = manager.restore(manager.latest_step(), args=train.ocp.args.Composite(
-        state=train.ocp.args.StandardRestore()))
-  return restored.state['params']
+  """The params of the latest checkpoint of a run, as numpy on this process's first device."""
+  trained = inference.load_trained(workdir)  # For the run's model and config.
+  abstract = jax.eval_shape(lambda: train.create_train_state(
+      trained.config, trained.model, jax.random.PRNGKey(0), steps_per_epoch=1))
+  state, _ = train.restore_checkpoint(
+      train.checkpoint_managers(workdir)['latest'], abstract,
+      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  return jax.device_get(state.params)
 
 
-def run_main(workdir, config_arg, overrides, devices=4, timeout=600, wait=True):
+def run_main(workdir, config_arg, overrides, devices=4, timeout=600, wait=True, flags=()):
   """`python -m gender_jax.main` in a subprocess with a given number of fake devices."""
   env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
          'JAX_PLATFORMS': 'cpu'}
   command = [sys.executable, '-m', 'gender_jax.main', f'--config={config_arg}',
-             f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
+             f'--workdir={workdir}', *flags] + [f'--config.{k}={v}' for k, v in overrides.items()]
   if not wait:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -207,19 +210,38 @@ def test_batch_size_must_split_over_devices(synthetic_faces, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-def test_one_and_four_devices_give_the_same_params_and_metrics(synthetic_faces, tmp_path):
+def free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_one_device_four_devices_and_two_processes_give_the_same_results(
+    synthetic_faces, tmp_path):
   overrides = {'data_dir': synthetic_faces, 'tfds_dir': tmp_path / 'tfds', 'batch_size': 8,
                'num_epochs': 1}
   for devices in (1, 4):
     run_main(tmp_path / f'dev{devices}', 'configs/tiny.py:custom', overrides, devices=devices)
-  one, four = (json.loads((tmp_path / f'dev{d}' / 'results.json').read_text())
-               for d in (1, 4))
-  assert one['devices'].startswith('1 x') and four['devices'].startswith('4 x')
-  assert one['metrics']['confusion_matrix'] == four['metrics']['confusion_matrix']
-  assert one['metrics']['loss'] == pytest.approx(four['metrics']['loss'], rel=1e-5)
-  for a, b in zip(jax.tree.leaves(restore_latest(tmp_path / 'dev1')),
-                  jax.tree.leaves(restore_latest(tmp_path / 'dev4'))):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Two processes of two devices each, joined through jax.distributed on localhost.
+  address = f'localhost:{free_port()}'
+  processes = [run_main(tmp_path / 'two_processes', 'configs/tiny.py:custom', overrides,
+                        devices=2, wait=False,
+                        flags=[f'--coordinator_address={address}', '--num_processes=2',
+                               f'--process_id={i}'])
+               for i in range(2)]
+  for process in processes:
+    assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+  runs = {name: json.loads((tmp_path / name / 'results.json').read_text())
+          for name in ('dev1', 'dev4', 'two_processes')}
+  assert runs['dev1']['devices'].startswith('1 x') and runs['dev4']['devices'].startswith('4 x')
+  assert runs['two_processes']['devices'].startswith('4 x')
+  for name in ('dev4', 'two_processes'):
+    assert runs[name]['metrics']['confusion_matrix'] == runs['dev1']['metrics']['confusion_matrix']
+    assert runs[name]['metrics']['loss'] == pytest.approx(runs['dev1']['metrics']['loss'],
+                                                          rel=1e-5)
+    for a, b in zip(jax.tree.leaves(restore_latest(tmp_path / 'dev1')),
+                    jax.tree.leaves(restore_latest(tmp_path / name))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_killed_run_resumes_to_the_same_results(synthetic_faces, tmp_path):
