@@ -34,7 +34,7 @@ if [[ $MODE == --small ]]; then
 else
   export JAX_PLATFORMS=cuda
   DEVICE=gpu TEST_SELECT='train or models' STEP_LIMIT=150
-  EXTRACT=(--sizes=224 --dtypes=bfloat16,float32 --batch=256 --iters=10 --warmup=2
+  EXTRACT=(--sizes=224 --dtypes=bfloat16,float32 --batch=256 --iters=5 --warmup=2
            --pipeline_images=4096)
   STUDY=(--config=configs/default.py --config.image_size=224 --config.compute_dtype=bfloat16)
 fi
