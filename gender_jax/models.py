@@ -40,14 +40,15 @@ class VGG16Base(nn.Module):
 class CustomBase(nn.Module):
   """A small CNN trained from scratch: the study's "untrained" model.
 
-  Design: plain VGG-style blocks (3x3 conv + GroupNorm + ReLU, then a 2x2 max-pool) whose width
-  doubles as the resolution halves, so every block costs about the same. GroupNorm instead of
-  BatchNorm keeps training stable from scratch without running statistics, so train and eval
-  behave the same and the params pytree stays the only state. Four blocks at ~100 px leave a
-  6x6 map whose receptive field covers the whole face.
+  Design: plain VGG-style blocks (3x3 convs + ReLU, then a 2x2 max-pool) whose width doubles as
+  the resolution halves, so every block costs about the same. Optional GroupNorm (`norm='group'`)
+  instead of BatchNorm: it needs no running statistics, so train and eval behave the same and the
+  params pytree stays the only state. Four blocks at ~100 px leave a 6x6 map whose receptive
+  field covers the whole face.
   """
   channels: Sequence[int] = (32, 64, 128, 256)
   convs_per_block: int = 1
+  norm: str = 'none'  # 'none' or 'group'.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -56,8 +57,11 @@ class CustomBase(nn.Module):
       for i in range(1, self.convs_per_block + 1):
         x = nn.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
                     name=f'block{b}_conv{i}')(x)
-        x = nn.GroupNorm(num_groups=min(32, features // 4), dtype=self.dtype,
-                         name=f'block{b}_norm{i}')(x)
+        if self.norm == 'group':
+          x = nn.GroupNorm(num_groups=min(32, features // 4), dtype=self.dtype,
+                           name=f'block{b}_norm{i}')(x)
+        elif self.norm != 'none':
+          raise ValueError(f"Unknown norm {self.norm!r}; expected 'none' or 'group'.")
         x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     return x
@@ -113,7 +117,8 @@ def create_model(config, preprocessing_name=None):
   dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
   if config.model == 'custom':
     base = CustomBase(channels=tuple(config.custom_channels),
-                      convs_per_block=config.custom_convs_per_block, dtype=dtype)
+                      convs_per_block=config.custom_convs_per_block, norm=config.custom_norm,
+                      dtype=dtype)
     preprocessing_name = 'unit'
   elif config.model in ('vgg16', 'vggface'):
     base = VGG16Base(dtype=dtype)

@@ -62,3 +62,11 @@ def test_dropout_only_in_training():
 def test_pretrained_model_needs_its_preprocessing():
   with pytest.raises(ValueError, match='preprocessing'):
     models.create_model(tiny.get_config('vggface'))
+
+
+@pytest.mark.parametrize('norm,has_norm', [('none', False), ('group', True)])
+def test_custom_base_norm_is_a_choice(norm, has_norm):
+  base = models.CustomBase(channels=(8, 16), convs_per_block=2, norm=norm)
+  params = base.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
+  assert {'block1_conv1', 'block1_conv2', 'block2_conv2'} <= set(params)
+  assert ('block1_norm1' in params) == has_norm
