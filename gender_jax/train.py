@@ -419,13 +419,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('%d processes, %d devices: %s', jax.process_count(), mesh.size,
                jax.devices()[0].device_kind)
 
+  # Weights first: a missing folder fails before any data is read.
+  base_params, weights_meta = load_base_weights(config)
+
   # Input.
   splits = input_pipeline.load_splits(config, workdir=workdir)
   train_split = splits['train']
   steps_per_epoch = input_pipeline.num_train_steps(train_split, config.batch_size)
 
-  # Model, weights, state.
-  base_params, weights_meta = load_base_weights(config)
+  # Model, state.
   model = models.create_model(
       config, weights_meta['preprocessing'] if weights_meta else None)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed), steps_per_epoch,
