@@ -94,7 +94,6 @@ def jax_extractor(size, dtype, batch):
 
 def pipeline_extractor(size, dtype, batch, num_images):
   """A call of train.extract_features on a split of `num_images` random uint8 images."""
-  import jax  # pylint: disable=g-import-not-at-top
   from gender_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
   model = jax_classifier(dtype)
   params = jax_params(dtype)

@@ -17,7 +17,6 @@ Prints one JSON object per model, then all of them as one list (and writes it to
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -181,4 +180,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main() and 0)
+  main()
