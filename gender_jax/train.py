@@ -186,7 +186,7 @@ def eval_step(params, batch, *, apply_fn):
   return forward(params, apply_fn, batch, train=False)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Mesh:
   """The device mesh and the shardings the steps use."""
   mesh: jax.sharding.Mesh
@@ -224,8 +224,15 @@ def jit_train_step(mesh, stop_base_gradient):
                  out_shardings=(mesh.replicated, mesh.replicated), donate_argnums=0)
 
 
+@functools.cache  # One compiled step per mesh and model, reused by every split and epoch.
 def jit_eval_step(mesh, apply_fn):
   return jax.jit(functools.partial(eval_step, apply_fn=apply_fn),
+                 in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
+
+
+@functools.cache
+def jit_encode(mesh, apply_fn):
+  return jax.jit(lambda params, images: apply_fn({'params': params}, images, method='encode'),
                  in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
 
 
@@ -234,27 +241,31 @@ def check_batch_size(batch_size, mesh):
     raise ValueError(f'batch_size {batch_size} must be a multiple of the {mesh.size} devices.')
 
 
-def predict_logits(mesh, apply_fn, params, split, batch_size, features=None, desc=None):
-  """Logits of every example of a split, in order (padded batches, padding dropped)."""
+def map_split(mesh, fn, split, batch_size, inputs, desc=None):
+  """fn(sharded inputs(batch)) over every example of a split in order, as numpy.
+
+  Every batch is dispatched before any result is fetched, so the host prepares the next batch
+  while the devices compute; the padding of the last batch is dropped by its mask.
+  """
   check_batch_size(batch_size, mesh)
-  step = jit_eval_step(mesh, apply_fn)
-  outputs = []
-  batches = input_pipeline.eval_batches(split, batch_size)
+  outputs, masks = [], []
   total = -(-len(split.labels) // batch_size)
-  for batch in tqdm.tqdm(batches, total=total, desc=desc, leave=False, disable=desc is None):
-    if features is not None:
-      batch = {'features': features[batch['index']], 'mask': batch['mask']}
-    else:
-      batch = {'image': batch['image'], 'mask': batch['mask']}
-    mask = batch.pop('mask')
-    logits = mesh.gather(step(params, mesh.shard_batch(batch)))
-    outputs.append(logits[mesh_global(mask, mesh) > 0])
-  return np.concatenate(outputs)[:len(split.labels)]
+  for batch in tqdm.tqdm(input_pipeline.eval_batches(split, batch_size), total=total, desc=desc,
+                         leave=False, disable=desc is None):
+    outputs.append(fn(mesh.shard_batch(inputs(batch))))
+    masks.append(jax.make_array_from_process_local_data(mesh.data, batch['mask']))
+  kept = [mesh.gather(out)[mesh.gather(mask) > 0] for out, mask in zip(outputs, masks)]
+  return np.concatenate(kept)[:len(split.labels)]
 
 
-def mesh_global(local, mesh):
-  """A process-local host array -> the global one, in process order."""
-  return mesh.gather(jax.make_array_from_process_local_data(mesh.data, local))
+def predict_logits(mesh, apply_fn, params, split, batch_size, features=None, desc=None):
+  """Logits of every example of a split, from its images or its cached base features."""
+  step = jit_eval_step(mesh, apply_fn)
+  if features is None:
+    inputs = lambda batch: {'image': batch['image']}
+  else:
+    inputs = lambda batch: {'features': features[batch['index']]}
+  return map_split(mesh, lambda batch: step(params, batch), split, batch_size, inputs, desc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,17 +274,14 @@ def mesh_global(local, mesh):
 # ---------------------------------------------------------------------------------------------
 def extract_features(mesh, apply_fn, params, split, batch_size, flip=False, desc=None):
   """Base features of every example of a split, as float32 numpy (N, h, w, c)."""
-  check_batch_size(batch_size, mesh)
-  encode = jax.jit(lambda p, x: apply_fn({'params': p}, x, method='encode'),
-                   in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
-  outputs = []
-  total = -(-len(split.labels) // batch_size)
-  for batch in tqdm.tqdm(input_pipeline.eval_batches(split, batch_size), total=total,
-                         desc=desc, leave=False, disable=desc is None):
-    images = batch['image'][:, :, ::-1] if flip else batch['image']
-    features = mesh.gather(encode(params, mesh.shard_batch({'image': images})['image']))
-    outputs.append(features[mesh_global(batch['mask'], mesh) > 0].astype(np.float32))
-  return np.concatenate(outputs)[:len(split.labels)]
+  encode = jit_encode(mesh, apply_fn)
+  if flip:
+    inputs = lambda batch: {'image': batch['image'][:, :, ::-1]}
+  else:
+    inputs = lambda batch: {'image': batch['image']}
+  features = map_split(mesh, lambda batch: encode(params, batch['image']), split, batch_size,
+                       inputs, desc)
+  return features.astype(np.float32)
 
 
 def features_key(config, weights_meta, splits):

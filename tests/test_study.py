@@ -25,7 +25,7 @@ def test_command_line_fields_override_each_models_own_config():
                                      {'num_epochs': 3, 'data_dir': '/faces'})
   assert [c.model for c in configs.values()] == list(study.MODELS)
   assert all(c.num_epochs == 3 and c.data_dir == '/faces' for c in configs.values())
-  assert configs['vgg16'].weights == 'weights/vgg16_imagenet'  # Its own field stays.
+  assert configs['vgg16'].weights == 'weights/imagenet'  # Its own field stays.
   assert configs['vggface'].weights == 'weights/vggface'
 
 
@@ -37,7 +37,7 @@ def test_a_config_taking_an_argument_is_called_with_each_model():
 
 @pytest.mark.parametrize('filename, overrides', [
     ('configs/default.py', {'model': 'vgg16'}),
-    ('configs/default.py', {'weights': 'weights/vgg16_imagenet'}),
+    ('configs/default.py', {'weights': 'weights/imagenet'}),
     ('configs/vgg16.py', {}),  # Its values would be silently ignored.
 ])
 def test_ambiguous_configs_are_refused(filename, overrides):

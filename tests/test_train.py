@@ -204,6 +204,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   assert train.checkpoint_managers(workdir)['latest'].latest_step() == 1
 
 
+@pytest.mark.skipif(jax.device_count() != 4, reason='needs the 4 fake CPU devices of conftest')
 def test_batch_size_must_split_over_devices(synthetic_faces, tmp_path):
   config = tiny_config('custom', synthetic_faces, tmp_path, batch_size=6)
   with pytest.raises(ValueError, match='multiple of the 4 devices'):
