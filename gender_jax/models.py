@@ -10,6 +10,17 @@ from gender_jax import preprocessing
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
+def max_pool_2x2(x):
+  """2x2 max-pool with stride 2 and 'VALID' padding, as Keras' MaxPooling2D().
+
+  Written as a reshape and a max rather than nn.max_pool: the same forward values, but its
+  gradient avoids XLA:CPU's slow select-and-scatter (training the custom CNN on CPU: 1.5x faster).
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 def vgg16_layer_names():
   """Names of the 13 convolutions, `block{b}_conv{i}` as in keras.applications.VGG16."""
   return [f'block{b}_conv{i}' for b, convs in enumerate(VGG16_BLOCKS, 1)
@@ -33,7 +44,7 @@ class VGG16Base(nn.Module):
         x = nn.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
                     name=f'block{b}_conv{i}')(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     return x
 
 
@@ -63,7 +74,7 @@ class CustomBase(nn.Module):
         elif self.norm != 'none':
           raise ValueError(f"Unknown norm {self.norm!r}; expected 'none' or 'group'.")
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     return x
 
 

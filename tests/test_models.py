@@ -70,3 +70,10 @@ def test_custom_base_norm_is_a_choice(norm, has_norm):
   params = base.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
   assert {'block1_conv1', 'block1_conv2', 'block2_conv2'} <= set(params)
   assert ('block1_norm1' in params) == has_norm
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (1, 7, 9, 2)])
+def test_max_pool_2x2_equals_flax_max_pool_valid(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  expected = models.nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  assert (models.max_pool_2x2(x) == expected).all()
