@@ -31,12 +31,15 @@ if [[ $MODE == --small ]]; then
   EXTRACT=(--sizes=32 --dtypes=bfloat16,float32 --batch=4 --iters=1 --warmup=1
            --pipeline_images=8)
   STUDY=(--config=configs/tiny.py:custom)
+  CUSTOM=(--config.num_train=64 --config.num_valid=32 --config.num_test=32
+          --config.num_epochs=1 --config.image_size=32)
 else
   export JAX_PLATFORMS=cuda
   DEVICE=gpu TEST_SELECT='train or models' STEP_LIMIT=150
   EXTRACT=(--sizes=224 --dtypes=bfloat16,float32 --batch=256 --iters=5 --warmup=2
            --pipeline_images=4096)
   STUDY=(--config=configs/default.py --config.image_size=224 --config.compute_dtype=bfloat16)
+  CUSTOM=()
 fi
 
 row() { echo "$*" | tee -a "$TABLE"; }
@@ -67,16 +70,57 @@ print(f"python {sys.version.split()[0]}, jax {jax.__version__} ({jax.devices()[0
       f"flax {flax.__version__}, optax {optax.__version__}, torch {t}")' 2>&1 | tail -1)"
 row
 
+# STEPS picks the steps (default: all); CUSTOM_VARIANTS adds runs of the custom model beside
+# configs/custom.py, as ';'-separated lists of --config overrides.
+STEPS=${STEPS:-tests extraction custom study}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+
+row "| step | result | seconds |"
+row "| --- | --- | --- |"
+
+# --- The custom model on the study's protocol (configs/custom.py): real test accuracy. ---
+custom() {  # custom NAME OVERRIDES...: one timed training run into $WORK/NAME.
+  local name=$1 start rc
+  shift
+  start=$(now)
+  timeout "$STEP_LIMIT" "$PY" -m gender_jax.main --config=configs/custom.py --workdir="$WORK/$name" \
+      --config.data_dir="$DATA" --config.tfds_dir="$WORK/tfds" "${CUSTOM[@]}" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  "$PY" - "$WORK/$name" "$name" "$rc" "$(since "$start")" "$*" <<'EOF' | tee -a "$TABLE"
+import json, os, sys
+workdir, name, rc, seconds, overrides = sys.argv[1:]
+path = os.path.join(workdir, 'results.json')
+if os.path.exists(path):
+  r = json.load(open(path))
+  m = r['metrics']
+  cell = (f"test acc {m['accuracy']:.4f} (n={m['num_examples']}), AUC {m['roc_auc']:.4f}, "
+          f"best epoch {r['best_epoch']}/{r['num_epochs']}, {r['train_images_per_second']:.0f} "
+          f"train img/s")
+else:
+  cell = 'no results.json'
+print(f"| custom {name} {overrides} (rc {rc}) | {cell} | {seconds} |")
+EOF
+}
+if has custom; then
+  custom custom_config
+  IFS=';' read -ra variants <<< "${CUSTOM_VARIANTS:-}"
+  for i in "${!variants[@]}"; do
+    # shellcheck disable=SC2086  # Each variant is a list of flags.
+    custom "custom_variant$i" ${variants[$i]}
+  done
+fi
+
 # --- Tests on the accelerator. ---
+if has tests; then
 start=$(now)
 timeout "$STEP_LIMIT" "$PY" -m pytest -q -n 4 -p no:cacheprovider tests -k "$TEST_SELECT" \
     > "$OUT/tests.log" 2>&1
 rc=$?
-row "| step | result | seconds |"
-row "| --- | --- | --- |"
 row "| tests -k '$TEST_SELECT' (rc $rc) | $(grep -E '(passed|failed|error)' "$OUT/tests.log" | tail -1) | $(since "$start") |"
+fi
 
 # --- Feature extraction: JAX vs PyTorch, and train.extract_features (the project's path). ---
+if has extraction; then
 start=$(now)
 timeout "$STEP_LIMIT" "$PY" benchmarks/feature_extraction.py --device="$DEVICE" "${EXTRACT[@]}" \
     --pipeline --json="$OUT/extraction.json" > "$OUT/extraction.log" 2>&1
@@ -92,6 +136,7 @@ for r in rows:
 EOF
 else
   row "| extraction (rc $rc) | $(tail -1 "$OUT/extraction.log") | $(since "$start") |"
+fi
 fi
 
 # --- The study end to end: three models, random pretrained bases, compilation included. ---
@@ -120,6 +165,7 @@ EOF
 }
 # The first run also builds the TFDS dataset and the decoded-image cache; the second reuses them
 # (compilation is repeated), if the first left time for it inside the device call's 10 minutes.
+if has study; then
 study study_cold
 if awk -v s="$(cat "$WORK/study_cold.seconds")" -v t="$SECONDS" 'BEGIN { exit !(t + s < 540) }'
 then
@@ -127,6 +173,17 @@ then
 else
   row "| study_warm | skipped: not enough time left after ${SECONDS} s | |"
 fi
+fi
 
+# Only 8 files come back from the device machine: the table, and the rest (logs, JSON, each run's
+# results.json and metrics.jsonl) in one archive.
+for run in "$WORK"/custom_* "$WORK"/study_*/*; do
+  if [[ -f $run/results.json ]]; then
+    mkdir -p "$OUT/runs/${run#"$WORK"/}"
+    cp "$run"/results.json "$run"/metrics.jsonl "$OUT/runs/${run#"$WORK"/}/"
+  fi
+done
+(cd "$OUT" && tar czf logs.tgz --exclude=gpu_check.md --exclude=logs.tgz -- * &&
+ find . -mindepth 1 ! -name gpu_check.md ! -name logs.tgz -delete)
 rm -rf "$WORK"
 echo "Table: $TABLE; logs: $OUT"
