@@ -5,10 +5,10 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model = 'custom'
-  config.image_size = 96
+  config.image_size = 80  # Near the faces' own 89x109; 64 px lost a point, 96 px cost 1.4x.
   config.head_pooling = 'flatten'
   config.learning_rate = 1e-3
   config.num_epochs = 15
-  config.augment_shift = 0.1
+  config.augment_shift = 0.0  # Flips only: shifts slowed learning too much for 15 epochs.
   config.lr_schedule = 'cosine'
   return config

@@ -54,7 +54,7 @@ class CustomBase(nn.Module):
   Design: plain VGG-style blocks (3x3 convs + ReLU, then a 2x2 max-pool) whose width doubles as
   the resolution halves, so every block costs about the same. Optional GroupNorm (`norm='group'`)
   instead of BatchNorm: it needs no running statistics, so train and eval behave the same and the
-  params pytree stays the only state. Four blocks at ~100 px leave a 6x6 map whose receptive
+  params pytree stays the only state. Four blocks at 80 px leave a 5x5 map whose receptive
   field covers the whole face.
   """
   channels: Sequence[int] = (32, 64, 128, 256)
