@@ -318,11 +318,11 @@ def cached_features(mesh, apply_fn, params, splits, config, workdir, weights_met
 
 
 def feature_batch(batch, features):
-  """Swaps a train batch's images for the cached features of the same (possibly flipped) faces."""
-  index, flip = batch['index'], batch['flip']
-  picked = np.where(flip[:, None, None, None], features['train_flip'][index],
-                    features['train'][index]) if 'train_flip' in features else (
-                        features['train'][index])
+  """Swaps a train batch's images for the cached features of the same (maybe flipped) faces."""
+  index = batch['index']
+  picked = features['train'][index]
+  if 'train_flip' in features:
+    picked = np.where(batch['flip'][:, None, None, None], features['train_flip'][index], picked)
   return {'features': picked, 'label': batch['label']}
 
 
