@@ -1,5 +1,6 @@
 """A trained model from its run directory alone: config, weights metadata and best checkpoint."""
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -52,9 +53,14 @@ def load_trained(workdir):
   return Trained(model, restored.state['params'], config, metadata, epoch)
 
 
+@functools.cache  # Compiled once per model, not once per call (predict calls per chunk).
+def _jit_apply(model):
+  return jax.jit(lambda params, images: model.apply({'params': params}, images))
+
+
 def predict_logits(trained, images, batch_size=256):
   """Male logits of uint8 RGB images already at the model's size, (N, S, S, 3) -> (N,)."""
-  apply = jax.jit(lambda p, x: trained.model.apply({'params': p}, x))
+  apply = _jit_apply(trained.model)
   outputs = [np.asarray(apply(trained.params, images[i:i + batch_size]))
              for i in range(0, len(images), batch_size)]
   return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
