@@ -13,12 +13,17 @@ VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 def max_pool_2x2(x):
   """2x2 max-pool with stride 2 and 'VALID' padding, as Keras' MaxPooling2D().
 
-  Written as a reshape and a max rather than nn.max_pool: the same forward values, but its
-  gradient avoids XLA:CPU's slow select-and-scatter (training the custom CNN on CPU: 1.5x faster).
+  A reshape and two pairwise maxima rather than nn.max_pool: the same forward values, but its
+  gradient avoids XLA:CPU's slow select-and-scatter (training the custom CNN on CPU: 1.4x
+  faster). Not a reduce-max either: its gradient divides by the count of window elements equal
+  to the max, and when XLA recomputes a fused producer (GroupNorm) differently in the forward
+  and backward passes, that count is 0 and the gradient NaN. Pairwise maxima compare their two
+  inputs directly and never divide.
   """
   n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
-  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+  rows = jnp.maximum(x[:, :, 0], x[:, :, 1])
+  return jnp.maximum(rows[:, :, :, 0], rows[:, :, :, 1])
 
 
 def vgg16_layer_names():
