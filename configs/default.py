@@ -32,6 +32,7 @@ def get_config():
   config.head_hidden = (256,)
   config.head_pooling = 'flatten'  # 'flatten' as in the study, or 'gap'.
   config.dropout_rate = 0.5
+  config.head_input_dropout = 0.0  # Dropout on the pooled base features, before the head.
 
   # Training.
   config.batch_size = 64  # Global batch, split over all devices.

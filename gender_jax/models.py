@@ -84,9 +84,10 @@ class CustomBase(nn.Module):
 
 
 class DenseHead(nn.Module):
-  """Features -> flatten (or global average pool) -> Dense+ReLU -> Dropout -> Dense(1) logit."""
+  """Features -> flatten (or global average pool) -> [Dropout] -> Dense+ReLU -> Dropout -> logit."""
   hidden: Sequence[int] = (256,)
   dropout_rate: float = 0.5
+  input_dropout_rate: float = 0.0  # On the pooled features: they feed the largest Dense.
   pooling: str = 'flatten'  # 'flatten' keeps spatial layout (the study); 'gap' averages it away.
 
   @nn.compact
@@ -98,6 +99,7 @@ class DenseHead(nn.Module):
       x = x.reshape(x.shape[0], -1)
     else:
       raise ValueError(f"Unknown pooling {self.pooling!r}; expected 'flatten' or 'gap'.")
+    x = nn.Dropout(self.input_dropout_rate, deterministic=not train)(x)
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, name=f'dense{i}')(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -143,5 +145,6 @@ def create_model(config, preprocessing_name=None):
   else:
     raise ValueError(f"Unknown model {config.model!r}; expected 'custom', 'vgg16' or 'vggface'.")
   head = DenseHead(hidden=tuple(config.head_hidden), dropout_rate=config.dropout_rate,
+                   input_dropout_rate=config.get('head_input_dropout', 0.0),
                    pooling=config.head_pooling)
   return Classifier(base=base, head=head, preprocessing=preprocessing_name)

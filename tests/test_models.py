@@ -59,6 +59,15 @@ def test_dropout_only_in_training():
   assert not (a == b).all()
 
 
+@pytest.mark.parametrize('rate', [0.0, 0.5])
+def test_input_dropout_drops_the_pooled_features_in_training(rate):
+  head = models.DenseHead(hidden=(), input_dropout_rate=rate)  # Features -> logit directly.
+  x = jnp.ones((4, 2, 2, 8))
+  params = head.init(jax.random.PRNGKey(0), x)
+  trained = head.apply(params, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)})
+  assert (trained == head.apply(params, x)).all() == (rate == 0.0)
+
+
 def test_pretrained_model_needs_its_preprocessing():
   with pytest.raises(ValueError, match='preprocessing'):
     models.create_model(tiny.get_config('vggface'))
