@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from configs import default
 from gender_jax import metrics
 from gender_jax import models
 from gender_jax import train
@@ -34,8 +35,10 @@ def load_trained(workdir):
     raise FileNotFoundError(
         f'{workdir} holds no trained run (config.json and checkpoints/best are needed); train '
         f'one with: python -m gender_jax.main --config=configs/custom.py --workdir={workdir}')
+  # Over the defaults: fields added since the run was saved take their default values.
+  config = default.get_config()
   with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config.update(json.load(f))
   with open(os.path.join(workdir, 'weights_metadata.json')) as f:
     metadata = json.load(f)
   model = models.create_model(config, metadata and metadata['preprocessing'])

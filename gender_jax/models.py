@@ -132,7 +132,7 @@ def create_model(config, preprocessing_name=None):
   `preprocessing_name` comes from the converted weights' metadata for pretrained bases; the
   custom base always uses 'unit'.
   """
-  dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
+  dtype = jnp.dtype(config.compute_dtype)
   if config.model == 'custom':
     base = CustomBase(channels=tuple(config.custom_channels),
                       convs_per_block=config.custom_convs_per_block, norm=config.custom_norm,
@@ -145,6 +145,6 @@ def create_model(config, preprocessing_name=None):
   else:
     raise ValueError(f"Unknown model {config.model!r}; expected 'custom', 'vgg16' or 'vggface'.")
   head = DenseHead(hidden=tuple(config.head_hidden), dropout_rate=config.dropout_rate,
-                   input_dropout_rate=config.get('head_input_dropout', 0.0),
+                   input_dropout_rate=config.head_input_dropout,
                    pooling=config.head_pooling)
   return Classifier(base=base, head=head, preprocessing=preprocessing_name)

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,6 +108,16 @@ def test_evaluate_on_any_labelled_folder(custom_run, synthetic_faces):
   workdir, _, _ = custom_run
   result = evaluate.evaluate(str(workdir), folder=str(synthetic_faces / 'valid'))
   assert result['metrics']['num_examples'] == 20
+
+
+def test_a_run_saved_before_a_config_field_existed_still_loads(custom_run, tmp_path):
+  workdir, _, _ = custom_run
+  old = tmp_path / 'old_run'
+  shutil.copytree(workdir, old)
+  config = json.loads((old / 'config.json').read_text())
+  del config['head_input_dropout']  # Added after the first runs were saved.
+  (old / 'config.json').write_text(json.dumps(config))
+  assert inference.load_trained(str(old)).config.head_input_dropout == 0.0
 
 
 def test_rerun_of_a_finished_run_resumes_without_training_again(custom_run):
