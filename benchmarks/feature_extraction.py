@@ -102,7 +102,7 @@ def pipeline_extractor(size, dtype, batch, num_images):
       name='benchmark', images=random_images(num_images, size),
       labels=np.arange(num_images, dtype=np.int32) % 2,
       paths=[f'{i}.jpg' for i in range(num_images)], source_dir='')
-  return lambda: train.extract_features(mesh, model.apply, params, split, batch)
+  return lambda: train.extract_features(mesh, model.apply, {'params': params}, split, batch)
 
 
 # ---------------------------------------------------------------------------------------------

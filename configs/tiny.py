@@ -14,6 +14,7 @@ def get_config(model='custom'):
   config.num_test = 16
   config.image_size = 32  # The smallest input VGG16's five pools accept.
   config.custom_channels = (4, 8)
+  config.custom_norm = 'batch'  # As configs/custom.py, so the tests cover batch_stats.
   config.head_hidden = (8,)
   config.batch_size = 8
   config.eval_batch_size = 8

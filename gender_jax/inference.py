@@ -21,7 +21,7 @@ from gender_jax import train
 @dataclasses.dataclass
 class Trained:
   model: nn.Module
-  params: Any
+  variables: Any  # {'params': ...} and, for a BatchNorm base, {'batch_stats': ...}.
   config: ml_collections.ConfigDict
   metadata: dict | None  # The converted weights' metadata; None for the custom model.
   epoch: int  # The epoch of the best checkpoint.
@@ -44,7 +44,7 @@ def load_trained(workdir):
   model = models.create_model(config, metadata and metadata['preprocessing'])
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
   abstract = train.with_sharding(
-      jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)['params'],
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy),
       jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   with ocp.CheckpointManager(best_dir, item_names=('state', 'progress')) as manager:
     epoch = manager.latest_step()
@@ -52,19 +52,19 @@ def load_trained(workdir):
       raise FileNotFoundError(f'{best_dir} holds no checkpoint yet: the run has not finished '
                               'an epoch. Rerun its training command to resume it.')
     restored = manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore({'params': abstract})))
-  return Trained(model, restored.state['params'], config, metadata, epoch)
+        state=ocp.args.StandardRestore(abstract)))
+  return Trained(model, restored.state, config, metadata, epoch)
 
 
 @functools.cache  # Compiled once per model, not once per call (predict calls per chunk).
 def _jit_apply(model):
-  return jax.jit(lambda params, images: model.apply({'params': params}, images))
+  return jax.jit(model.apply)
 
 
 def predict_logits(trained, images, batch_size=256):
   """Male logits of uint8 RGB images already at the model's size, (N, S, S, 3) -> (N,)."""
   apply = _jit_apply(trained.model)
-  outputs = [np.asarray(apply(trained.params, images[i:i + batch_size]))
+  outputs = [np.asarray(apply(trained.variables, images[i:i + batch_size]))
              for i in range(0, len(images), batch_size)]
   return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 

@@ -60,15 +60,16 @@ def load_base_weights(config):
                 'random_base': True}
 
 
-def initial_params(model, config, rng, base_params=None):
-  """Initialises {'base', 'head'} params, with the converted base params where given.
+def initial_variables(model, config, rng, base_params=None):
+  """Initialises the model's variables: {'params': {'base', 'head'}} (plus 'batch_stats' for
+  a BatchNorm base), with the converted base params where given.
 
   With a converted base only the head is initialised (the same values a full init gives, since
   flax derives each module's rng from its path): compiling VGG16's init would be wasted.
   """
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
   if base_params is None:
-    return flax.core.unfreeze(jax.jit(model.init)(rng, dummy)['params'])
+    return flax.core.unfreeze(jax.jit(model.init)(rng, dummy))
   expected = jax.eval_shape(model.init, rng, dummy)['params']
   got = jax.tree.map(jnp.shape, base_params)
   if jax.tree.map(jnp.shape, expected['base']) != got:
@@ -76,8 +77,8 @@ def initial_params(model, config, rng, base_params=None):
   features = jax.eval_shape(lambda p: model.apply({'params': p}, dummy, method='encode'),
                             expected)
   head = model.init(rng, jnp.zeros(features.shape, features.dtype), method='classify')
-  return {'base': jax.tree.map(jnp.asarray, base_params),
-          'head': flax.core.unfreeze(head['params']['head'])}
+  return {'params': {'base': jax.tree.map(jnp.asarray, base_params),
+                     'head': flax.core.unfreeze(head['params']['head'])}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,14 +128,23 @@ def create_optimizer(config, params, steps_per_epoch):
 
 
 class TrainState(train_state.TrainState):
+  batch_stats: Any  # BatchNorm's running statistics; {} for a model without BatchNorm.
   dropout_rng: jax.Array
+
+  @property
+  def variables(self):
+    """What `apply` takes and the best checkpoint holds: params, and batch_stats if any."""
+    return {'params': self.params, **({'batch_stats': self.batch_stats} if self.batch_stats
+                                      else {})}
 
 
 def create_train_state(config, model, rng, steps_per_epoch, base_params=None):
   """A TrainState with initial (or converted) params and the masked optimizer."""
   init_rng, dropout_rng = jax.random.split(rng)
-  params = initial_params(model, config, init_rng, base_params)
-  return TrainState.create(apply_fn=model.apply, params=params, dropout_rng=dropout_rng,
+  variables = initial_variables(model, config, init_rng, base_params)
+  params = variables['params']
+  return TrainState.create(apply_fn=model.apply, params=params,
+                           batch_stats=variables.get('batch_stats', {}), dropout_rng=dropout_rng,
                            tx=create_optimizer(config, params, steps_per_epoch))
 
 
@@ -154,36 +164,51 @@ def binary_cross_entropy(logits, labels):
   return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
 
 
-def forward(params, apply_fn, batch, *, train, rngs=None, stop_base_gradient=False):
-  """Logits of a batch holding either 'image' (uint8) or cached base 'features'."""
+def forward(variables, apply_fn, batch, *, train, rngs=None, stop_base_gradient=False):
+  """(logits, batch_stats) of a batch holding either 'image' (uint8) or cached base 'features'.
+
+  batch_stats are the base's BatchNorm statistics, updated with this batch when a trainable base
+  trains on images, else as given. A frozen base runs as at evaluation (and as when its features
+  were cached), its statistics untouched.
+  """
+  batch_stats = variables.get('batch_stats', {})
   if 'features' in batch:
     features = batch['features']
   else:
-    features = apply_fn({'params': params}, batch['image'], method='encode')
+    base_trains = train and not stop_base_gradient
+    features, updates = apply_fn(variables, batch['image'], train=base_trains, method='encode',
+                                 mutable=['batch_stats'] if base_trains else [])
+    batch_stats = updates.get('batch_stats', batch_stats)
     if stop_base_gradient:  # A frozen base needs no backward pass at all.
       features = jax.lax.stop_gradient(features)
-  return apply_fn({'params': params}, features, train=train, rngs=rngs, method='classify')
+  logits = apply_fn(variables, features, train=train, rngs=rngs, method='classify')
+  return logits, batch_stats
 
 
 def train_step(state, batch, *, stop_base_gradient):
-  """One optimizer step; returns the new state and the batch's summed loss and hits."""
+  """One optimizer step; returns the new state and the batch's summed loss and hits.
+
+  BatchNorm normalises with the mean over the global batch (jit sees one array), so its
+  statistics, like the gradients, do not depend on the number of devices.
+  """
   dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
 
   def loss_fn(params):
-    logits = forward(params, state.apply_fn, batch, train=True, rngs={'dropout': dropout_rng},
-                     stop_base_gradient=stop_base_gradient)
+    logits, batch_stats = forward({**state.variables, 'params': params}, state.apply_fn, batch,
+                                  train=True, rngs={'dropout': dropout_rng},
+                                  stop_base_gradient=stop_base_gradient)
     losses = binary_cross_entropy(logits, batch['label'])
-    return losses.mean(), (losses, logits)
+    return losses.mean(), (losses, logits, batch_stats)
 
-  grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   hits = (logits >= 0) == (batch['label'] == 1)
   sums = {'loss': losses.sum(), 'correct': hits.sum(), 'count': jnp.float32(losses.shape[0])}
-  return state.apply_gradients(grads=grads), sums
+  return state.apply_gradients(grads=grads).replace(batch_stats=batch_stats), sums
 
 
-def eval_step(params, batch, *, apply_fn):
+def eval_step(variables, batch, *, apply_fn):
   """Male logits of a batch (padding included; the caller drops it by mask)."""
-  return forward(params, apply_fn, batch, train=False)
+  return forward(variables, apply_fn, batch, train=False)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +257,7 @@ def jit_eval_step(mesh, apply_fn):
 
 @functools.cache
 def jit_encode(mesh, apply_fn):
-  return jax.jit(lambda params, images: apply_fn({'params': params}, images, method='encode'),
+  return jax.jit(lambda variables, images: apply_fn(variables, images, method='encode'),
                  in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
 
 
@@ -258,28 +283,28 @@ def map_split(mesh, fn, split, batch_size, inputs, desc=None):
   return np.concatenate(kept)[:len(split.labels)]
 
 
-def predict_logits(mesh, apply_fn, params, split, batch_size, features=None, desc=None):
+def predict_logits(mesh, apply_fn, variables, split, batch_size, features=None, desc=None):
   """Logits of every example of a split, from its images or its cached base features."""
   step = jit_eval_step(mesh, apply_fn)
   if features is None:
     inputs = lambda batch: {'image': batch['image']}
   else:
     inputs = lambda batch: {'features': features[batch['index']]}
-  return map_split(mesh, lambda batch: step(params, batch), split, batch_size, inputs, desc)
+  return map_split(mesh, lambda batch: step(variables, batch), split, batch_size, inputs, desc)
 
 
 # ---------------------------------------------------------------------------------------------
 # Feature caching: a frozen base runs once per split (and once on flipped images, so flip
 # augmentation stays exact); the head then trains on memory-mapped features.
 # ---------------------------------------------------------------------------------------------
-def extract_features(mesh, apply_fn, params, split, batch_size, flip=False, desc=None):
+def extract_features(mesh, apply_fn, variables, split, batch_size, flip=False, desc=None):
   """Base features of every example of a split, as float32 numpy (N, h, w, c)."""
   encode = jit_encode(mesh, apply_fn)
   if flip:
     inputs = lambda batch: {'image': batch['image'][:, :, ::-1]}
   else:
     inputs = lambda batch: {'image': batch['image']}
-  features = map_split(mesh, lambda batch: encode(params, batch['image']), split, batch_size,
+  features = map_split(mesh, lambda batch: encode(variables, batch['image']), split, batch_size,
                        inputs, desc)
   return features.astype(np.float32)
 
@@ -293,7 +318,7 @@ def features_key(config, weights_meta, splits):
   return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def cached_features(mesh, apply_fn, params, splits, config, workdir, weights_meta):
+def cached_features(mesh, apply_fn, variables, splits, config, workdir, weights_meta):
   """{name: features} for each split (plus 'train_flip'), computed once into workdir/features.
 
   Arrays are written to a temporary file and renamed, so a killed run never leaves a torn cache.
@@ -306,7 +331,7 @@ def cached_features(mesh, apply_fn, params, splits, config, workdir, weights_met
   for name, split_name, flip in jobs:
     path = os.path.join(folder, f'{name}.npy')
     if not os.path.exists(path):
-      array = extract_features(mesh, apply_fn, params, splits[split_name],
+      array = extract_features(mesh, apply_fn, variables, splits[split_name],
                                config.eval_batch_size, flip=flip, desc=f'features {name}')
       if jax.process_index() == 0:
         os.makedirs(folder, exist_ok=True)
@@ -459,7 +484,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Features of a frozen base, computed once.
   use_cache = config.cache_features and base_is_frozen(config)
   feature_start = time.time()
-  features = (cached_features(mesh, model.apply, state.params, splits, config, workdir,
+  features = (cached_features(mesh, model.apply, state.variables, splits, config, workdir,
                               weights_meta) if use_cache else None)
   feature_seconds = time.time() - feature_start
 
@@ -487,7 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f'(epoch {progress["epoch"]}) is kept in {workdir}. Lower learning_rate?')
     epoch_seconds = time.time() - epoch_start
 
-    valid_logits = predict_logits(mesh, model.apply, state.params, splits['valid'],
+    valid_logits = predict_logits(mesh, model.apply, state.variables, splits['valid'],
                                   config.eval_batch_size,
                                   features=features['valid'] if use_cache else None)
     valid = metrics_lib.classification_metrics(splits['valid'].labels, valid_logits)
@@ -506,12 +531,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 'train_seconds': progress['train_seconds'] + epoch_seconds}
     if valid['accuracy'] > progress['best_valid_accuracy']:
       progress.update(best_valid_accuracy=valid['accuracy'], best_epoch=epoch)
-      save_checkpoint(managers['best'], epoch, {'params': state.params}, progress)
+      save_checkpoint(managers['best'], epoch, state.variables, progress)
     save_checkpoint(managers['latest'], epoch, state, progress)
   writer.close()
 
   # The best checkpoint on the test split.
-  best = restore_best_params(managers['best'], state.params, mesh.replicated)
+  best = restore_best_variables(managers['best'], state.variables, mesh.replicated)
   test_logits = predict_logits(mesh, model.apply, best,
                                splits['test'], config.eval_batch_size,
                                features=features['test'] if use_cache else None,
@@ -541,10 +566,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
-def restore_best_params(manager, params, sharding):
+def restore_best_variables(manager, variables, sharding):
   restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore({'params': with_sharding(params, sharding)})))
-  return restored.state['params']
+      state=ocp.args.StandardRestore(with_sharding(variables, sharding))))
+  return restored.state
 
 
 def write_predictions(path, split, logits):

@@ -73,12 +73,29 @@ def test_pretrained_model_needs_its_preprocessing():
     models.create_model(tiny.get_config('vggface'))
 
 
-@pytest.mark.parametrize('norm,has_norm', [('none', False), ('group', True)])
+@pytest.mark.parametrize('norm,has_norm', [('none', False), ('group', True), ('batch', True)])
 def test_custom_base_norm_is_a_choice(norm, has_norm):
   base = models.CustomBase(channels=(8, 16), convs_per_block=2, norm=norm)
-  params = base.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
+  variables = base.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  params = variables['params']
   assert {'block1_conv1', 'block1_conv2', 'block2_conv2'} <= set(params)
   assert ('block1_norm1' in params) == has_norm
+  assert ('batch_stats' in variables) == (norm == 'batch')
+  assert ('bias' in params['block1_conv1']) == (norm != 'batch')  # BatchNorm cancels a bias.
+
+
+def test_batch_norm_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
+  base = models.CustomBase(channels=(8,), norm='batch')
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 8, 8, 3))
+  variables = base.init(jax.random.PRNGKey(1), x)
+  # Evaluation: each image's output does not depend on the rest of its batch.
+  assert jnp.allclose(base.apply(variables, x)[:2], base.apply(variables, x[:2]))
+  trained, updates = base.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert not jnp.allclose(trained[:2], base.apply(variables, x[:2], train=True,
+                                                  mutable=['batch_stats'])[0])
+  moved = jax.tree.map(lambda a, b: not jnp.allclose(a, b), variables['batch_stats'],
+                       updates['batch_stats'])
+  assert all(jax.tree.leaves(moved))
 
 
 @pytest.mark.parametrize('shape', [(2, 8, 8, 3), (1, 7, 9, 2)])

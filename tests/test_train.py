@@ -163,9 +163,9 @@ def test_frozen_base_stays_bit_identical_and_head_trains(vggface_runs, converted
   for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(final['base'])):
     assert np.array_equal(np.asarray(a), np.asarray(b))
   config = tiny.get_config('vggface')
-  initial = train.initial_params(train.models.create_model(config, 'vggface_v1'), config,
-                                 jax.random.split(jax.random.PRNGKey(config.seed))[0],
-                                 base_params=converted)
+  initial = train.initial_variables(train.models.create_model(config, 'vggface_v1'), config,
+                                    jax.random.split(jax.random.PRNGKey(config.seed))[0],
+                                    base_params=converted)['params']
   assert not np.array_equal(np.asarray(initial['head']['logit']['kernel']),
                             np.asarray(final['head']['logit']['kernel']))
 
@@ -188,9 +188,9 @@ def test_finetuned_blocks_train_and_the_rest_stays_frozen(synthetic_faces, tmp_p
   workdir = tmp_path / 'run'
   results = train.train_and_evaluate(config, str(workdir))
   assert results['weights'] == {'source': 'imagenet', 'h5_sha256': None, 'random_base': True}
-  initial = train.initial_params(
+  initial = train.initial_variables(
       train.models.create_model(config, 'caffe_imagenet'), config,
-      jax.random.split(jax.random.PRNGKey(config.seed))[0])['base']
+      jax.random.split(jax.random.PRNGKey(config.seed))[0])['params']['base']
   final = restore_latest(workdir)['base']
   assert np.array_equal(initial['block4_conv3']['kernel'], final['block4_conv3']['kernel'])
   assert not np.array_equal(initial['block5_conv3']['kernel'], final['block5_conv3']['kernel'])
