@@ -426,9 +426,13 @@ def read_metrics(workdir):
 
 
 def git_commit():
+  """The code's commit, '-dirty' if tracked files differ from it; None outside a checkout."""
+  def git(*args, check=True):
+    return subprocess.run(['git', *args], capture_output=True, text=True, check=check,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
   try:
-    return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                          cwd=os.path.dirname(__file__), check=True).stdout.strip()
+    head = git('rev-parse', 'HEAD').stdout.strip()
+    return head + ('-dirty' if git('diff', '--quiet', 'HEAD', check=False).returncode else '')
   except (OSError, subprocess.CalledProcessError):
     return None
 
@@ -446,6 +450,7 @@ def write_json(path, value):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains, checkpoints and evaluates; resumes from workdir. Returns the results dict."""
   start = time.time()
+  commit = git_commit()  # Now: the code may change while a long run trains.
   os.makedirs(workdir, exist_ok=True)
   mesh = Mesh.create()
   check_batch_size(config.batch_size, mesh)
@@ -554,7 +559,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                    'h5_sha256': weights_meta.get('h5_sha256'),
                                    'random_base': bool(weights_meta.get('random_base'))},
       'data_dir': os.path.abspath(config.data_dir), 'config': config.to_dict(),
-      'git_commit': git_commit(),
+      'git_commit': commit,
       'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
       'platform': f'{platform.platform()}, {os.cpu_count()} CPUs, jax {jax.__version__}',
       'command': shlex.join([os.path.basename(sys.executable), *sys.argv]),

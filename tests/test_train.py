@@ -128,6 +128,22 @@ def test_rerun_of_a_finished_run_resumes_without_training_again(custom_run):
   assert again['metrics'] == results['metrics']
 
 
+def test_results_name_the_commit_the_run_started_from(synthetic_faces, tmp_path, monkeypatch):
+  # A long run outlives commits made while it trains; the code it ran is the code at its start.
+  commits = iter(['at-start', 'later'])
+  monkeypatch.setattr(train, 'git_commit', lambda: next(commits))
+  config = tiny_config('custom', synthetic_faces, tmp_path, num_epochs=1)
+  assert train.train_and_evaluate(config, str(tmp_path / 'run'))['git_commit'] == 'at-start'
+
+
+def test_git_commit_is_this_checkouts_head():
+  head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True)
+  if head.returncode:
+    pytest.skip('the code is not in a git checkout')
+  dirty = subprocess.run(['git', 'diff', '--quiet', 'HEAD'], cwd=REPO).returncode != 0
+  assert train.git_commit() == head.stdout.strip() + ('-dirty' if dirty else '')
+
+
 def test_same_config_and_seed_give_the_same_results(custom_run, synthetic_faces, tmp_path):
   _, config, results = custom_run
   again = train.train_and_evaluate(config, str(tmp_path / 'again'))
