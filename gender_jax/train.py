@@ -37,6 +37,10 @@ class NonFiniteLossError(RuntimeError):
   """Training diverged; the last good checkpoint is kept."""
 
 
+class CheckpointMismatchError(ValueError):
+  """A workdir's checkpoint does not fit the state of the run asked to resume it."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Model and pretrained weights.
 # ---------------------------------------------------------------------------------------------
@@ -379,9 +383,16 @@ def restore_checkpoint(manager, state, sharding):
   step = manager.latest_step()
   if step is None:
     return state, None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(with_sharding(state, sharding)),
-      progress=ocp.args.JsonRestore()))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(with_sharding(state, sharding)),
+        progress=ocp.args.JsonRestore()))
+  except ValueError as e:  # Orbax's word for another tree structure or array shape.
+    raise CheckpointMismatchError(
+        f'The checkpoint {manager.directory}/{step} does not fit this run: its config differs '
+        'from the one the run was started with (config.json beside checkpoints/), or an older '
+        'gender_jax saved it. Rerun with that config, or train into a new --workdir. '
+        f'Orbax said: {e}') from e
   return restored.state, restored.progress
 
 
@@ -474,12 +485,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   param_counts = {'trainable': count_params(state.params, labels),
                   'total': count_params(state.params)}
   logging.info('Parameters: %s', param_counts)
-  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  write_json(os.path.join(workdir, 'weights_metadata.json'), weights_meta)
 
-  # Resume.
+  # Resume, before writing anything: a refused resume leaves the run's config.json as it was.
   managers = checkpoint_managers(workdir)
   state, progress = restore_checkpoint(managers['latest'], state, mesh.replicated)
+  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  write_json(os.path.join(workdir, 'weights_metadata.json'), weights_meta)
   progress = progress or {'epoch': 0, 'best_valid_accuracy': -1.0, 'best_epoch': 0,
                           'train_seconds': 0.0}
   if progress['epoch']:

@@ -128,6 +128,20 @@ def test_rerun_of_a_finished_run_resumes_without_training_again(custom_run):
   assert again['metrics'] == results['metrics']
 
 
+def test_resuming_with_another_model_fails_clearly_and_keeps_the_runs_config(custom_run, tmp_path):
+  workdir, config, results = custom_run
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy)
+  saved_config = (copy / 'config.json').read_text()
+  other = config.copy_and_resolve_references()
+  other.custom_channels = (4, 16)
+  other.num_epochs = config.num_epochs + 1
+  with pytest.raises(train.CheckpointMismatchError, match='new --workdir'):
+    train.train_and_evaluate(other, str(copy))
+  assert (copy / 'config.json').read_text() == saved_config
+  assert evaluate.evaluate(str(copy))['metrics']['accuracy'] == results['metrics']['accuracy']
+
+
 def test_results_name_the_commit_the_run_started_from(synthetic_faces, tmp_path, monkeypatch):
   # A long run outlives commits made while it trains; the code it ran is the code at its start.
   commits = iter(['at-start', 'later'])
