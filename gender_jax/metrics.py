@@ -31,7 +31,7 @@ def sigmoid(logits):
 
 
 def classification_metrics(labels, logits):
-  """Accuracy, precision, recall, F1 (male = positive), ROC AUC, loss, confusion matrix, counts.
+  """Accuracy, balanced accuracy, precision, recall, F1 (male = positive), ROC AUC, loss, confusion matrix, counts.
 
   Takes logits rather than probabilities: the loss stays exact and ROC ranks stay untied where
   a float32 sigmoid would saturate. A logit >= 0 (P(male) >= 0.5) predicts male.
@@ -50,6 +50,8 @@ def classification_metrics(labels, logits):
                float('nan') for c, name in enumerate(LABELS)}
   return {
       'accuracy': float((tn + tp) / len(labels)),
+      # The mean of the per-class accuracies: chance is 0.5 however unbalanced the folder.
+      'balanced_accuracy': float(np.nanmean(list(per_class.values()))),
       'precision': float(precision),
       'recall': float(recall),
       'f1': float(f1),

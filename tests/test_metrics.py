@@ -34,3 +34,11 @@ def test_loss_is_binary_cross_entropy_of_logits():
 def test_logit_zero_predicts_male():
   m = metrics.classification_metrics(np.array([1]), np.array([0.0]))
   assert m['confusion_matrix'] == [[0, 0], [0, 1]]
+
+
+def test_balanced_accuracy_is_the_mean_of_per_class_accuracies():
+  labels = np.array([0, 0, 0, 0, 1])
+  logits = np.array([-1.0, -1.0, -1.0, -1.0, -1.0])  # All female: 4/5 right, but chance-level.
+  m = metrics.classification_metrics(labels, logits)
+  assert m['accuracy'] == pytest.approx(0.8)
+  assert m['balanced_accuracy'] == pytest.approx(0.5)
