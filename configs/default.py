@@ -20,7 +20,22 @@ def get_config():
   config.resize = 'stretch'  # 'stretch' the 89x109 faces to a square, or 'center_crop' them.
   config.augment_flip = True  # Random horizontal flips (exact under feature caching).
   config.augment_shift = 0.0  # Max random shift as a fraction of the size (images path only).
+  # Random jitter of training images (images path only; 0 = off): zoom and width/height stretch
+  # factors in [1 - x, 1 + x], rotation in degrees either way, and colour factors in [1 - x, 1 + x].
+  config.augment_scale = 0.0
+  config.augment_aspect = 0.0
+  config.augment_rotate = 0.0
+  config.augment_brightness = 0.0
+  config.augment_contrast = 0.0
+  config.augment_saturation = 0.0
   config.max_bad_fraction = 0.01  # Fail the dataset build if more images than this are bad.
+  # Faces: 'none' resizes whole images; 'mtcnn' finds each face's 5 landmarks and aligns them
+  # onto face_template (derived from the training faces when empty, then kept in config.json).
+  config.face_align = 'none'
+  config.face_detector_weights = 'weights/mtcnn'  # `python -m weights_convert --source mtcnn`.
+  config.face_template = ()  # 10 floats: (x, y) of 5 landmarks as fractions of the square.
+  config.face_zoom = 1.0  # Scale of the derived template: > 1 fills more of the square with face.
+  config.face_missing = 'resize'  # Images without a face: 'resize' them whole, or 'drop' them.
 
   # Model.
   config.weights = ''  # Folder written by `python -m weights_convert` (pretrained models).

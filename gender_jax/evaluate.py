@@ -34,7 +34,8 @@ def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=256):
   trained = inference.load_trained(workdir)
   config = trained.config
   if folder:
-    data = input_pipeline.load_folder(folder, config.image_size, config.resize)
+    detector, _ = input_pipeline.load_detector(config)  # The run's own face pipeline.
+    data = input_pipeline.load_folder(folder, config, detector)
     name = os.path.basename(os.path.normpath(folder))
   else:
     if data_dir:
@@ -53,7 +54,7 @@ def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=256):
 def format_table(result):
   m = result['metrics']
   rows = [('examples', f"{m['num_examples']} ({m['num_female']} female, {m['num_male']} male)")]
-  rows += [(k, f'{m[k]:.4f}') for k in ('accuracy', 'precision', 'recall', 'f1', 'roc_auc',
+  rows += [(k, f'{m[k]:.4f}') for k in ('accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'roc_auc',
                                         'loss')]
   rows += [(f'accuracy {c}', f"{m['per_class_accuracy'][c]:.4f}") for c in LABELS]
   (tn, fp), (fn, tp) = m['confusion_matrix']

@@ -10,6 +10,7 @@ Run as a script to build a folder's dataset and print what it holds and what the
 """
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 import sys
 from typing import NamedTuple
@@ -19,19 +20,17 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image
 import tqdm
 
 from gender_jax import LABELS
 from gender_jax import face_dataset
+from gender_jax import faces
 
 SPLITS = face_dataset.SPLITS
-RESIZES = ('stretch', 'center_crop')
-# Pillow's bilinear filter (it widens its support when shrinking, so downscaling is antialiased).
-RESIZE_FILTER = Image.Resampling.BILINEAR
 # A flat {male,female} folder is cut per class into these shares of train/valid/test pools.
 FLAT_FRACTIONS = {'train': 0.8, 'valid': 0.1, 'test': 0.1}
 _WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in memory at once.
+_DETECT_WINDOW = 256  # Images decoded per round when finding faces (decoded pixels are held).
 
 
 @dataclasses.dataclass
@@ -43,38 +42,27 @@ class Split:
   paths: list  # Paths relative to source_dir (for reports and file lists).
   source_dir: str
   bad_files: list = dataclasses.field(default_factory=list)  # (path, reason) left out.
+  no_face: list = dataclasses.field(default_factory=list)  # Paths where no face was found.
 
   def __len__(self):
     return len(self.labels)
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding and resizing.
+# Decoding, finding faces, making the model's inputs.
 
 
-def resize_image(image, size, resize='stretch'):
-  """Resizes an RGB Pillow image to a uint8 (size, size, 3) array: stretched or centre-cropped."""
-  if resize == 'center_crop':
-    # Cropped first: resize(box=...) would let the filter read pixels outside the square.
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-  elif resize != 'stretch':
-    raise ValueError(f'Unknown resize {resize!r}; expected one of {RESIZES}.')
-  return np.asarray(image.resize((size, size), RESIZE_FILTER))
+def _decode_convert(read, rows, convert, out, progress):
+  """Puts out[rows[k]] = convert(decode(read(k)), rows[k]) in threads; ticks a tqdm bar.
 
-
-def _decode_resize(read, rows, size, resize, out, progress):
-  """Puts image k = decode(read(k)), resized, into out[rows[k]], in threads; ticks a tqdm bar.
-
-  Pillow releases the GIL while resizing, so threads scale without copying pixels between
-  processes. Returns [(k, reason)] of the files that could not be decoded.
+  Pillow releases the GIL while resizing and warping, so threads scale without copying pixels
+  between processes. Returns [(k, reason)] of the files that could not be decoded.
   """
   def work(ks):
     bad = []
     for k in ks:
       try:
-        out[rows[k]] = resize_image(face_dataset.decode_rgb(read(k)), size, resize)
+        out[rows[k]] = convert(face_dataset.decode_rgb(read(k)), rows[k])
       except face_dataset.BadImageError as e:
         bad.append((k, str(e)))
     return bad, len(ks)
@@ -88,37 +76,125 @@ def _decode_resize(read, rows, size, resize, out, progress):
   return bad
 
 
-def _cached_images(builder, split, rows, size, resize):
-  """The images of records `rows` of a built split, decoded once per (size, resize) into a .npy.
+def _converter(config, landmarks=None, found=None):
+  """convert(image, row) -> the model's input; aligned where found[row], else resized."""
+  size, resize = config.image_size, config.resize
+  if config.face_align == 'none':
+    return lambda image, row: faces.resize_image(image, size, resize)
+  template = np.asarray(config.face_template, np.float32).reshape(faces.NUM_LANDMARKS, 2)
+
+  def convert(image, row):
+    if found[row]:
+      return faces.align_face(np.asarray(image), landmarks[row], template, size)
+    return faces.resize_image(image, size, resize)
+  return convert
+
+
+def _input_key(config, detector_id=None):
+  """Names what a cached image was made with: size, resize and, if aligned, detector + template."""
+  key = f'{config.image_size}px-{config.resize}'
+  if config.face_align != 'none':
+    template = np.asarray(config.face_template, np.float32).tobytes()
+    key += f'-{config.face_align}-{detector_id}-{hashlib.sha256(template).hexdigest()[:12]}'
+  return key
+
+
+def _cached_images(builder, split, rows, key, convert):
+  """The images of records `rows` of a built split, made by `convert` once per key into a .npy.
 
   The cache lives in the dataset's folder (named by the folder's fingerprint) and holds every
   record of the split, filled in as protocols ask for them, with a mask of the filled ones.
   """
-  base = os.path.join(os.fspath(builder.data_dir), f'decoded-{split}-{size}px-{resize}')
+  base = os.path.join(os.fspath(builder.data_dir), f'decoded-{split}-{key}')
   num_records = builder.info.splits[split].num_examples
   with face_dataset.locked(base + '.lock'):
     if os.path.exists(base + '.done.npy'):  # Saved last, so the images before it are whole.
       images = np.load(base + '.npy', mmap_mode='r+')
       done = np.load(base + '.done.npy')
     else:
+      size = int(key.split('px', 1)[0])
       images = np.lib.format.open_memmap(base + '.npy', 'w+', np.uint8, (num_records, size, size, 3))
       done = np.zeros(num_records, bool)
     todo = rows[~done[rows]]
     if len(todo):
       records = builder.as_data_source(split)
-      with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} at {size}px', unit=' img') as bar:
+      with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} ({key})', unit=' img') as bar:
         for start in range(0, len(todo), _WINDOW):
           window = todo[start:start + _WINDOW]
           blobs = [r['image'] for r in records.__getitems__(window.tolist())]
-          if _decode_resize(blobs.__getitem__, window, size, resize, images, bar):
-            # The build decoded every stored image, so the dataset itself is damaged.
-            raise RuntimeError(f'Records of {builder.data_dir} no longer decode; delete that '
-                               f'folder to rebuild it.')
+          if _decode_convert(blobs.__getitem__, window, convert, images, bar):
+            _damaged(builder)
       images.flush()
       done[todo] = True
       np.save(base + '.done.tmp.npy', done)
       os.replace(base + '.done.tmp.npy', base + '.done.npy')
     return np.asarray(images[rows])
+
+
+def _damaged(builder):
+  # The build decoded every stored image, so the dataset itself is damaged.
+  raise RuntimeError(f'Records of {builder.data_dir} no longer decode; delete that folder to '
+                     f'rebuild it.')
+
+
+class Landmarks(NamedTuple):
+  """The chosen (largest) face of each image: where it was found and the image's size."""
+  points: np.ndarray  # float32 (N, 5, 2) pixel (x, y); zeros where no face was found.
+  found: np.ndarray  # bool (N,).
+  sizes: np.ndarray  # int32 (N, 2): width, height.
+
+
+def _detect(detector, images):
+  """Landmarks of the largest face in each decoded Pillow image."""
+  arrays = [np.asarray(image) for image in images]
+  marks = Landmarks(np.zeros((len(arrays), faces.NUM_LANDMARKS, 2), np.float32),
+                    np.zeros(len(arrays), bool),
+                    np.array([(a.shape[1], a.shape[0]) for a in arrays], np.int32).reshape(-1, 2))
+  for i, found in enumerate(detector.detect(arrays)):
+    face = faces.largest_face(found)
+    if face is not None:
+      marks.points[i], marks.found[i] = found.landmarks[face], True
+  return marks
+
+
+def _cached_landmarks(builder, split, rows, detector, detector_id):
+  """Landmarks of every record of a split (those of `rows` filled), found once per detector.
+
+  Kept in the dataset's folder beside the decoded images, filled in as protocols ask for rows.
+  """
+  path = os.path.join(os.fspath(builder.data_dir), f'landmarks-{split}-{detector_id}.npz')
+  num_records = builder.info.splits[split].num_examples
+  with face_dataset.locked(path + '.lock'):
+    if os.path.exists(path):
+      with np.load(path) as saved:
+        marks, done = Landmarks(*(saved[f] for f in Landmarks._fields)), saved['done']
+    else:
+      marks = Landmarks(np.zeros((num_records, faces.NUM_LANDMARKS, 2), np.float32),
+                        np.zeros(num_records, bool), np.zeros((num_records, 2), np.int32))
+      done = np.zeros(num_records, bool)
+    todo = rows[~done[rows]]
+    if len(todo):
+      records = builder.as_data_source(split)
+      with tqdm.tqdm(total=len(todo), desc=f'Finding faces in {split}', unit=' img') as bar:
+        for start in range(0, len(todo), _DETECT_WINDOW):
+          window = todo[start:start + _DETECT_WINDOW]
+          try:
+            images = [face_dataset.decode_rgb(r['image'])
+                      for r in records.__getitems__(window.tolist())]
+          except face_dataset.BadImageError:
+            _damaged(builder)
+          for field, values in zip(marks, _detect(detector, images)):
+            field[window] = values
+          bar.update(len(window))
+      done[todo] = True
+      tmp = f'{path}.{os.getpid()}.tmp.npz'
+      np.savez(tmp, done=done, **marks._asdict())
+      os.replace(tmp, path)
+    return marks
+
+
+def _take(marks, rows):
+  return Landmarks(*(field[rows] for field in marks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +312,28 @@ def _summary(builder, index, drawn):
           f'{face_dataset.report_path(builder)}']
 
 
+def load_detector(config):
+  """(detector, its id for cache names) when config.face_align finds faces, else (None, None)."""
+  if config.face_align == 'none':
+    return None, None
+  from gender_jax import face_detect  # pylint: disable=g-import-not-at-top
+  detector = face_detect.load_detector(config.face_detector_weights)
+  return detector, detector.fingerprint
+
+
+def set_face_template(config, train_marks):
+  """Fills an empty config.face_template from the training faces, so the run records it."""
+  if config.face_align == 'none' or len(config.face_template):
+    return
+  if train_marks is None:
+    raise ValueError('config.face_template is empty and no train split is loaded to derive it '
+                     'from; give the run\'s template (its config.json has it).')
+  found = train_marks.found
+  template = faces.derive_template(train_marks.points[found], train_marks.sizes[found],
+                                   config.resize, config.face_zoom)
+  config.face_template = tuple(round(float(v), 6) for v in template.ravel())
+
+
 def _load(config, workdir, splits):
   """load_splits, also returning the summary table's lines."""
   builder = face_dataset.build(config.data_dir, config.tfds_dir, config.max_bad_fraction)
@@ -244,23 +342,57 @@ def _load(config, workdir, splits):
   if workdir:  # Checked before decoding, which is the slow part.
     for name, (source, _, rows) in drawn.items():
       _write_file_list(workdir, name, [index[source][0][r] for r in rows], index[source][1][rows])
-  loaded = {}
+  detector, detector_id = load_detector(config)
+  marks = {}
+  if detector:
+    marks = {name: _cached_landmarks(builder, source, rows, detector, detector_id)
+             for name, (source, _, rows) in drawn.items()}
+    if 'train' in marks:
+      set_face_template(config, _take(marks['train'], drawn['train'].rows))
+    else:
+      set_face_template(config, None)
+  loaded, face_lines = {}, []
   for name, (source, _, rows) in drawn.items():
     paths, labels = index[source]
-    loaded[name] = Split(
-        name=name,
-        images=_cached_images(builder, source, rows, config.image_size, config.resize),
-        labels=labels[rows],
-        paths=[paths[r] for r in rows],
-        source_dir=builder.info.metadata['source_dir'])
-  return loaded, _summary(builder, index, drawn)
+    images = _cached_images(
+        builder, source, rows, _input_key(config, detector_id),
+        _converter(config, *(marks[name][:2] if marks else ())))
+    split = Split(name=name, images=images, labels=labels[rows], paths=[paths[r] for r in rows],
+                  source_dir=builder.info.metadata['source_dir'])
+    if marks:
+      found = marks[name].found[rows]
+      if workdir:
+        _write_file_list(workdir, f'no_face_{name}', [paths[r] for r in rows[~found]],
+                         labels[rows[~found]])
+      split = _missing_faces(split, found, config.face_missing)
+      face_lines.append(_face_line(split, len(rows), config.face_missing))
+    loaded[name] = split
+  return loaded, _summary(builder, index, drawn) + face_lines
+
+
+def _missing_faces(split, found, how):
+  """Records the images without a face; 'drop' leaves them out, 'resize' keeps them resized."""
+  split.no_face = [p for p, f in zip(split.paths, found) if not f]
+  if how == 'drop':
+    split.images, split.labels = split.images[found], split.labels[found]
+    split.paths = [p for p, f in zip(split.paths, found) if f]
+  return split
+
+
+def _face_line(split, drawn, how):
+  missing = len(split.no_face)
+  what = 'left out' if how == 'drop' else 'resized whole'
+  return (f'{split.name}: a face found in {drawn - missing} of {drawn} images'
+          + (f'; {missing} without one {what} ({", ".join(split.no_face[:3])}'
+             f'{", ..." if missing > 3 else ""})' if missing else ''))
 
 
 def load_splits(config, workdir=None, splits=SPLITS):
-  """Loads the protocol's splits of config.data_dir, decoded and resized to config.image_size.
+  """Loads the protocol's splits of config.data_dir as the model's inputs (config.image_size).
 
   Builds or reuses the folder's TFDS dataset under config.tfds_dir, draws num_train/num_valid/
-  num_test with config.seed, and writes workdir/protocol/<split>.txt when workdir is given.
+  num_test with config.seed, and writes workdir/protocol/<split>.txt when workdir is given. With
+  face alignment, fills an empty config.face_template from the training faces.
   """
   loaded, table = _load(config, workdir, splits)
   for line in table:
@@ -268,18 +400,25 @@ def load_splits(config, workdir=None, splits=SPLITS):
   return loaded
 
 
-def load_folder(path, image_size, resize='stretch', max_bad_fraction=0.01):
+def load_folder(path, config, detector=None, max_bad_fraction=0.01):
   """Loads every image of a labelled folder (any accepted layout) without building a dataset.
 
-  Undecodable files are left out, logged and listed in the Split's bad_files; more than
-  max_bad_fraction of them is an error.
+  Images become the model's inputs as config says (resized, or their face aligned by
+  `detector`). Undecodable files are left out, logged and listed in the Split's bad_files; more
+  than max_bad_fraction of them is an error.
   """
   scan = face_dataset.scan_folder(path)
   examples = sorted(e for v in scan.examples.values() for e in v)
-  images = np.zeros((len(examples), image_size, image_size, 3), np.uint8)
+  read = lambda k: face_dataset.read_file(scan.root, examples[k][0])
+  images = np.zeros((len(examples), config.image_size, config.image_size, 3), np.uint8)
+  bad, found, marks = [], np.ones(len(examples), bool), None
+  if detector:
+    marks = _folder_landmarks(read, len(examples), detector, bad)
+    found = marks.found
   with tqdm.tqdm(total=len(examples), desc=f'Decoding {scan.root}', unit=' img') as bar:
-    bad = _decode_resize(lambda k: face_dataset.read_file(scan.root, examples[k][0]),
-                         np.arange(len(examples)), image_size, resize, images, bar)
+    bad += _decode_convert(read, np.arange(len(examples)), _converter(config, *(marks or ())[:2]),
+                           images, bar)
+  bad = sorted(dict(bad).items())
   bad_files = [(examples[k][0], reason) for k, reason in bad]
   for rel, reason in bad_files:
     logging.warning('Left out %s: %s', os.path.join(scan.root, rel), reason)
@@ -288,13 +427,37 @@ def load_folder(path, image_size, resize='stretch', max_bad_fraction=0.01):
         f'{len(bad)} of {len(examples)} files in {scan.root} could not be decoded, more than '
         f'max_bad_fraction={max_bad_fraction}: ' + '; '.join(f'{p}: {r}' for p, r in bad_files[:10]))
   keep = np.setdiff1d(np.arange(len(examples)), [k for k, _ in bad])
-  return Split(
+  split = Split(
       name=os.path.basename(scan.root),
       images=images[keep],
       labels=np.asarray([examples[k][1] for k in keep], np.int32),
       paths=[examples[k][0] for k in keep],
       source_dir=scan.root,
       bad_files=bad_files)
+  if detector:
+    split = _missing_faces(split, found[keep], config.face_missing)
+    logging.info('%s', _face_line(split, len(keep), config.face_missing))
+  return split
+
+
+def _folder_landmarks(read, count, detector, bad):
+  """Landmarks of images 0..count-1 of a folder; appends (k, reason) of undecodable ones to bad."""
+  marks = Landmarks(np.zeros((count, faces.NUM_LANDMARKS, 2), np.float32),
+                    np.zeros(count, bool), np.zeros((count, 2), np.int32))
+  with tqdm.tqdm(total=count, desc='Finding faces', unit=' img') as bar:
+    for start in range(0, count, _DETECT_WINDOW):
+      window, images = [], []
+      for k in range(start, min(count, start + _DETECT_WINDOW)):
+        try:
+          images.append(face_dataset.decode_rgb(read(k)))
+          window.append(k)
+        except face_dataset.BadImageError as e:
+          bad.append((k, str(e)))
+      if images:
+        for field, values in zip(marks, _detect(detector, images)):
+          field[window] = values
+      bar.update(min(count, start + _DETECT_WINDOW) - start)
+  return marks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,13 +498,77 @@ def num_train_steps(split, batch_size):
   return len(split) // batch_size
 
 
-def train_batches(split, batch_size, *, seed, epoch, flip, shift=0.0, with_images=True,
-                  process_index=None, process_count=None):
+@dataclasses.dataclass(frozen=True)
+class Jitter:
+  """Ranges of the random geometry and colour changes of training images (0: off).
+
+  scale: zoom by a factor in [1 - scale, 1 + scale]; aspect: stretch width against height by a
+  factor in [1 - aspect, 1 + aspect]; rotate: degrees either way; brightness, contrast and
+  saturation: factors in [1 - x, 1 + x].
+  """
+  scale: float = 0.0
+  aspect: float = 0.0
+  rotate: float = 0.0
+  brightness: float = 0.0
+  contrast: float = 0.0
+  saturation: float = 0.0
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**{f.name: float(config[f'augment_{f.name}']) for f in dataclasses.fields(cls)})
+
+  def draw(self, rng, n):
+    """Per-image factors (n, 6): scale, aspect, angle (radians), brightness, contrast, saturation."""
+    ranges = np.array([self.scale, self.aspect, np.deg2rad(self.rotate), self.brightness,
+                       self.contrast, self.saturation])
+    centres = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    return centres + ranges * rng.uniform(-1, 1, size=(n, len(ranges)))
+
+  @property
+  def geometric(self):
+    return bool(self.scale or self.aspect or self.rotate)
+
+  @property
+  def photometric(self):
+    return bool(self.brightness or self.contrast or self.saturation)
+
+
+def jitter_geometry(images, factors):
+  """Zooms, stretches and rotates each image about its centre; edge pixels fill what comes in."""
+  size = images.shape[1]
+  centre = np.array([size / 2, size / 2])
+  out = np.empty_like(images)
+  for i, (scale, aspect, angle) in enumerate(factors[:, :3]):
+    cos, sin = np.cos(angle), np.sin(angle)
+    linear = np.array([[cos, -sin], [sin, cos]]) @ np.diag([scale * aspect, scale / aspect])
+    matrix = np.hstack([linear, (centre - linear @ centre)[:, None]])
+    out[i] = faces.warp_affine(images[i], matrix, size)
+  return out
+
+
+# ITU-R BT.601 luma, as Pillow's convert('L').
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def jitter_colour(images, factors):
+  """Scales brightness, contrast (about the image's mean) and saturation (about its grey)."""
+  brightness, contrast, saturation = (factors[:, k, None, None, None].astype(np.float32)
+                                      for k in (3, 4, 5))
+  x = images.astype(np.float32) * brightness
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  x = mean + contrast * (x - mean)
+  grey = (x @ _LUMA)[..., None]
+  x = grey + saturation * (x - grey)
+  return np.rint(np.clip(x, 0, 255)).astype(np.uint8)
+
+
+def train_batches(split, batch_size, *, seed, epoch, flip, shift=0.0, jitter=Jitter(),
+                  with_images=True, process_index=None, process_count=None):
   """Yields this process's slice of each global training batch of one epoch.
 
-  The order, flips and shifts are drawn for the whole epoch from (seed, epoch), so the global
-  batches are the same for any number of processes. Keys: 'index', 'flip', 'label' and, if
-  with_images, 'image' (uint8, flipped and shifted by up to shift * size pixels).
+  The order, flips, shifts and jitter are drawn for the whole epoch from (seed, epoch), so the
+  global batches are the same for any number of processes. Keys: 'index', 'flip', 'label' and, if
+  with_images, 'image' (uint8, flipped and shifted by up to shift * size pixels, then jittered).
   """
   steps = num_train_steps(split, batch_size)
   if not steps:
@@ -354,12 +581,18 @@ def train_batches(split, batch_size, *, seed, epoch, flip, shift=0.0, with_image
   size = split.images.shape[1]
   max_shift = int(shift * size)
   shifts = rng.integers(-max_shift, max_shift + 1, size=(len(split), 2))
+  factors = jitter.draw(rng, len(split))  # Drawn last: flips and shifts stay as they were.
   for step in range(steps):
     rows = np.arange(step * batch_size, (step + 1) * batch_size)[local]
     index = order[rows]
     batch = {'index': index.astype(np.int32), 'flip': flips[rows], 'label': split.labels[index]}
     if with_images:
-      batch['image'] = augment(split.images[index], flips[rows], shifts[rows])
+      images = augment(split.images[index], flips[rows], shifts[rows])
+      if jitter.geometric:
+        images = jitter_geometry(images, factors[rows])
+      if jitter.photometric:
+        images = jitter_colour(images, factors[rows])
+      batch['image'] = images
     yield batch
 
 
@@ -407,7 +640,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_test', None, 'Test images drawn (-1: all).')
   flags.DEFINE_integer('seed', None, 'Protocol seed.')
   flags.DEFINE_integer('image_size', None, 'Side of the square images, in pixels.')
-  flags.DEFINE_enum('resize', None, RESIZES, 'How faces become squares.')
+  flags.DEFINE_enum('resize', None, faces.RESIZES, 'How faces become squares.')
   flags.DEFINE_float('max_bad_fraction', None, 'Fail if more files than this are undecodable.')
   flags.DEFINE_string('workdir', None, 'Write the protocol file lists to WORKDIR/protocol/.')
   app.run(main)

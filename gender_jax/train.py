@@ -510,7 +510,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     epoch_start = time.time()
     batches = input_pipeline.train_batches(
         train_split, config.batch_size, seed=config.seed, epoch=epoch, flip=config.augment_flip,
-        shift=config.augment_shift, with_images=not use_cache)
+        shift=config.augment_shift, jitter=input_pipeline.Jitter.from_config(config),
+        with_images=not use_cache)
     sums = []
     with tqdm.tqdm(total=steps_per_epoch, desc=f'epoch {epoch}/{config.num_epochs}',
                    disable=jax.process_index() != 0) as bar:

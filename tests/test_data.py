@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from gender_jax import face_dataset
+from gender_jax import faces
 from gender_jax import input_pipeline
 
 # (female, male) images per split of the small folder most tests use.
@@ -46,7 +47,7 @@ def make_folder(root, counts=None, names=None, flat=False):
 def make_config(data_dir, tfds_dir, **overrides):
   config = ml_collections.ConfigDict(dict(
       data_dir=str(data_dir), tfds_dir=str(tfds_dir), num_train=-1, num_valid=-1, num_test=-1,
-      seed=0, image_size=16, resize='stretch', max_bad_fraction=0.01))
+      seed=0, image_size=16, resize='stretch', max_bad_fraction=0.01, face_align='none'))
   config.update(overrides)
   return config
 
@@ -210,17 +211,19 @@ def test_convertible_images_become_rgb(folder, tmp_path):
 
 def test_load_folder_reports_bad_files(folder):
   (folder / 'valid' / 'male' / 'empty.jpg').write_bytes(b'')
-  loaded = input_pipeline.load_folder(folder / 'valid', 16, max_bad_fraction=0.2)
+  loaded = input_pipeline.load_folder(folder / 'valid', make_config(folder, None, image_size=16),
+                                     max_bad_fraction=0.2)
   assert len(loaded) == sum(COUNTS['valid'])
   assert loaded.bad_files == [('male/empty.jpg', 'empty file (0 bytes)')]
   assert loaded.paths == sorted(loaded.paths)
   assert list(loaded.labels) == [int(p.startswith('male/')) for p in loaded.paths]
   with pytest.raises(face_dataset.FolderError, match='1 of 11 files'):
-    input_pipeline.load_folder(folder / 'valid', 16)
+    input_pipeline.load_folder(folder / 'valid', make_config(folder, None, image_size=16))
 
 
 def test_load_folder_reads_every_split(folder):
-  loaded = input_pipeline.load_folder(folder, 8, resize='center_crop')
+  loaded = input_pipeline.load_folder(
+      folder, make_config(folder, None, image_size=8, resize='center_crop'))
   assert len(loaded) == sum(sum(c) for c in COUNTS.values())
   assert loaded.images.shape[1:] == (8, 8, 3)
 
@@ -270,7 +273,7 @@ def test_read_only_source_is_never_written(folder, tmp_path):
 def test_decoded_cache_is_reused(folder, tmp_path, monkeypatch):
   config = make_config(folder, tmp_path / 'tfds')
   first = input_pipeline.load_splits(config)
-  monkeypatch.setattr(input_pipeline, '_decode_resize', lambda *a, **k: pytest.fail('decoded'))
+  monkeypatch.setattr(input_pipeline, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
   second = input_pipeline.load_splits(config)
   np.testing.assert_array_equal(first['train'].images, second['train'].images)
 
@@ -340,13 +343,13 @@ def test_resize_stretch_and_center_crop():
   image[:10, :, 0] = 255
   image[30:, :, 2] = 255
   pil = Image.fromarray(image)
-  stretched = input_pipeline.resize_image(pil, 8, 'stretch')
-  cropped = input_pipeline.resize_image(pil, 8, 'center_crop')
+  stretched = faces.resize_image(pil, 8, 'stretch')
+  cropped = faces.resize_image(pil, 8, 'center_crop')
   assert stretched.shape == cropped.shape == (8, 8, 3)
   assert stretched[0, 0].tolist() == [255, 0, 0] and stretched[-1, 0].tolist() == [0, 0, 255]
   assert not cropped.any()  # The central 20x20 square is all black.
   with pytest.raises(ValueError, match='Unknown resize'):
-    input_pipeline.resize_image(pil, 8, 'squash')
+    faces.resize_image(pil, 8, 'squash')
 
 
 def test_augment_shifts_with_edge_pixels_and_flips():

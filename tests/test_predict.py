@@ -85,23 +85,23 @@ def test_every_mode_and_size_is_predicted(trained, images):
   _, good, _ = images
   predictions, errors = predict.predict_files(trained, good, batch_size=4)
   assert not errors
-  assert [p for p, _ in predictions] == good
-  assert all(0 <= p <= 1 for _, p in predictions)
+  assert [p.path for p in predictions] == good
+  assert all(0 <= p.p_male <= 1 for p in predictions)
 
 
 def test_bad_files_are_reported_and_the_rest_predicted(trained, images):
   _, good, bad = images
   predictions, errors = predict.predict_files(trained, sorted(good + bad), batch_size=4)
-  assert sorted(p for p, _ in predictions) == good
+  assert sorted(p.path for p in predictions) == good
   assert sorted(p for p, _ in errors) == bad
   assert all(reason for _, reason in errors)
 
 
 def test_sixteen_bit_grey_predicts_as_its_eight_bit_twin(trained, images):
   root, _, _ = images
-  (_, p8), (_, p16) = predict.predict_files(
+  grey, grey16 = predict.predict_files(
       trained, [str(root / 'grey.png'), str(root / 'grey16.png')])[0]
-  assert p16 == pytest.approx(p8, abs=1e-3)
+  assert grey16.p_male == pytest.approx(grey.p_male, abs=1e-3)
 
 
 def test_predictions_match_the_runs_own_test_predictions(trained, run_dir, synthetic_faces):
@@ -109,8 +109,8 @@ def test_predictions_match_the_runs_own_test_predictions(trained, run_dir, synth
     expected = {str(synthetic_faces / r['path']): float(r['p_male']) for r in csv.DictReader(f)}
   predictions, errors = predict.predict_files(trained, sorted(expected))
   assert not errors
-  for path, p in predictions:
-    assert p == pytest.approx(expected[path], abs=1e-5), path
+  for p in predictions:
+    assert p.p_male == pytest.approx(expected[p.path], abs=1e-5), p.path
 
 
 def _cli(*args):
