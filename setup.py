@@ -25,7 +25,10 @@ setup(
         'tensorboardX',  # TensorBoard event files without TensorFlow.
     ],
     extras_require={
-        # Keras writes the reference h5 files the converter is tested against (JAX backend).
-        'test': ['pytest', 'pytest-xdist', 'keras>=3.8'],
+        # Keras writes the reference h5 files the converter is tested against (JAX backend);
+        # scikit-image ships the astronaut photo the face detector is tested on. The detector's
+        # reference (torch, torchvision, facenet-pytorch) is installed by .ci/run: it needs a
+        # CPU torch wheel and facenet-pytorch without its dependencies.
+        'test': ['pytest', 'pytest-xdist', 'keras>=3.8', 'scikit-image'],
     },
 )

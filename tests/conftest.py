@@ -1,4 +1,5 @@
 """Test setup: 4 fake CPU devices (data parallelism is tested without accelerators)."""
+import importlib.util
 import os
 import pathlib
 
@@ -15,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CELEBA_GENDER = REPO.parent / 'shared' / 'data' / 'celeba_gender'
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def celeba_gender_dir():
   """The real faces beside the checkout; tests that need them skip where they are missing."""
   if not (CELEBA_GENDER / 'train').is_dir():
@@ -67,3 +68,17 @@ def converted_weights(tmp_path_factory):
     convert.convert(source, h5, tmp / source)
     folders[source] = tmp / source
   return folders
+
+
+@pytest.fixture(scope='session')
+def mtcnn_weights(tmp_path_factory):
+  """MTCNN weights converted by weights_convert from the installed facenet-pytorch's own files
+  (facenet_pytorch/data/*.pt), so the detector and its reference share them."""
+  spec = importlib.util.find_spec('facenet_pytorch')  # Found without importing torch.
+  if spec is None:
+    pytest.skip('facenet-pytorch is not installed (.ci/run installs it: '
+                'pip install --no-deps facenet-pytorch==2.6.0)')
+  from weights_convert import mtcnn  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp('mtcnn') / 'weights'
+  mtcnn.convert_mtcnn(out, pt_dir=pathlib.Path(spec.origin).parent / 'data')
+  return out

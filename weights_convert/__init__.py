@@ -1,1 +1,2 @@
-"""Keras VGG16 h5 weights -> Flax params for gender_jax; run `python -m weights_convert --help`."""
+"""Pretrained weights -> Flax params for gender_jax (Keras VGG16 h5 files, facenet-pytorch's
+MTCNN); run `python -m weights_convert --help`."""

@@ -1,4 +1,5 @@
-"""Fetches the public notop VGG16 h5 files into a cache folder and verifies them."""
+"""Fetches the public weight files into a cache folder and verifies them: the notop VGG16 h5
+files, and the facenet-pytorch wheel that holds MTCNN's weights."""
 import hashlib
 import pathlib
 import urllib.request
@@ -6,12 +7,14 @@ import urllib.request
 import tqdm
 
 from gender_jax import pretrained
-from weights_convert import convert
+from weights_convert import convert, mtcnn
 
 DEFAULT_CACHE_DIR = '~/.cache/gender_jax/weights'
 # keras/src/applications/vgg16.py publishes the ImageNet file's MD5; rcmalli published no hash,
 # so its sha256 is recorded in the metadata and can be pinned with --sha256.
 MD5_OF_SOURCE = {'imagenet': '6d6bbae143d832006294945121d1f1fc'}
+# PyPI's sha256 of facenet_pytorch-2.6.0-py3-none-any.whl, pinned here.
+SHA256_OF_SOURCE = {'mtcnn': mtcnn.WHEEL_SHA256}
 # Seconds to wait for the server: offline, fail at once rather than hang.
 TIMEOUT_S = 15
 
@@ -26,8 +29,9 @@ def _digest(path, algorithm):
 
 
 def verify(source, path, sha256=None):
-  """Checks `path` against the source's published MD5 and the pinned `sha256`, if any."""
+  """Checks `path` against the source's published hash and the pinned `sha256`, if any."""
   checks = [('md5', MD5_OF_SOURCE.get(source), 'published by Keras'),
+            ('sha256', SHA256_OF_SOURCE.get(source), 'of facenet-pytorch 2.6.0 on PyPI'),
             ('sha256', sha256 and sha256.lower(), 'pinned by --sha256')]
   for algorithm, expected, why in checks:
     if expected and (digest := _digest(path, algorithm)) != expected:
@@ -47,13 +51,19 @@ def _download(url, path, timeout_s):
     raise OSError(f'got {path.stat().st_size} of {size} bytes')
 
 
+def url_of(source):
+  """The public file a source's weights come from."""
+  return mtcnn.WHEEL_URL if source == 'mtcnn' else pretrained.H5_URL_OF_SOURCE[source]
+
+
 def fetch(source, cache_dir=DEFAULT_CACHE_DIR, sha256=None, timeout_s=TIMEOUT_S):
-  """Returns the verified notop h5 of `source` in `cache_dir`, downloading it if not there yet.
+  """Returns the verified file of `source` in `cache_dir` (its notop h5; for mtcnn the
+  facenet-pytorch wheel), downloading it if not there yet.
 
   The download goes to a `.part` file, renamed only when complete and verified, so the cache
   never holds half a file or the wrong one.
   """
-  url = pretrained.H5_URL_OF_SOURCE[source]
+  url = url_of(source)
   path = pathlib.Path(cache_dir).expanduser().absolute() / url.rsplit('/', 1)[-1]
   if path.exists():
     try:
@@ -71,7 +81,8 @@ def fetch(source, cache_dir=DEFAULT_CACHE_DIR, sha256=None, timeout_s=TIMEOUT_S)
     raise DownloadError(
         f'could not download {url} ({e}). Where this machine is offline, fetch the file '
         f'elsewhere and put it at {path} (where --download looks first), or anywhere and '
-        f'convert it with: python -m weights_convert --source {source} --h5 FILE --out DIR'
+        f'convert it with: python -m weights_convert --source {source} '
+        f'{"--wheel" if source == "mtcnn" else "--h5"} FILE --out DIR'
     ) from e
   except DownloadError:
     part.unlink()

@@ -1,0 +1,150 @@
+"""Face detection speed: gender_jax.face_detect against facenet-pytorch's MTCNN, same photos.
+
+Both sides run MTCNN with the same weights and defaults on the same uint8 photos and return
+boxes, scores and landmarks; they take turns within each round (so load from other processes
+slows both alike), and the first round, which compiles, is not timed. Prints photos/s per
+setting and the ratio gender_jax / facenet-pytorch, and checks that both found the same faces.
+Settings: CelebA crops (89x109) and UTKFace chips (200x200) in batches of --batch photos, and the
+UTKFace chips one at a time (as `predict` meets photos).
+
+Where torchvision's C++ ops do not load (PyPI's CUDA torchvision beside a CPU torch), the NMS
+facenet-pytorch calls is tests/facenet_reference.py's numpy transcription; its time is measured
+and the facenet-pytorch rate without it is printed too (the C++ kernel would take less).
+
+  python benchmarks/face_detection.py --images=64 --rounds=2      # a quick check
+  python benchmarks/face_detection.py --images=1024 --rounds=3 --json=face_detection.json
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
+sys.path.insert(0, str(_REPO / 'tests'))
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--celeba_dir', default=str(_REPO.parent / 'shared/data/celeba_gender'))
+  parser.add_argument('--utkface_dir', default=str(_REPO.parent / 'shared/data/utkface_sample'))
+  parser.add_argument('--images', type=int, default=256, help='Photos per source.')
+  parser.add_argument('--batch', type=int, default=64, help='Photos per detect() call.')
+  parser.add_argument('--rounds', type=int, default=3, help='Timed rounds (plus one warm-up).')
+  parser.add_argument('--weights', default='', help='A converted mtcnn folder (default: convert '
+                                                     "the installed facenet-pytorch's files).")
+  parser.add_argument('--torch_threads', type=int, default=0,
+                      help='torch.set_num_threads (0: torch default). On a busy machine 1 can '
+                           'be much faster: torch threads then wait for each other.')
+  parser.add_argument('--json', default='', help='Also write the results to this file.')
+  return parser.parse_args(argv)
+
+
+def load_photos(folder, count):
+  paths = sorted(pathlib.Path(folder).glob('**/*.jpg'))
+  if not paths:
+    sys.exit(f'no photos under {folder}')
+  step = max(1, len(paths) // count)
+  return np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths[::step][:count]])
+
+
+def converted_weights(folder):
+  if folder:
+    return folder
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from weights_convert import mtcnn  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(tempfile.mkdtemp()) / 'mtcnn'
+  data = pathlib.Path(importlib.util.find_spec('facenet_pytorch').origin).parent / 'data'
+  mtcnn.convert_mtcnn(out, pt_dir=data)
+  return out
+
+
+def same_faces(ours, theirs):
+  """(photos whose face counts agree, largest box difference in px among those)."""
+  agree, worst = 0, 0.0
+  for faces, (boxes, _, _) in zip(ours, theirs):
+    boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32)
+    if len(boxes) != len(faces.boxes):
+      continue
+    agree += 1
+    for box in boxes:
+      worst = max(worst, float(np.abs(faces.boxes - box).max(axis=1).min()))
+  return agree, worst
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  import facenet_reference  # pylint: disable=g-import-not-at-top
+  mtcnn_class = facenet_reference.import_mtcnn()
+  import torch  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from gender_jax import face_detect  # pylint: disable=g-import-not-at-top
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  detector = face_detect.load_detector(converted_weights(args.weights))
+  reference = mtcnn_class(select_largest=False)
+
+  celeba = load_photos(args.celeba_dir, args.images)
+  utkface = load_photos(args.utkface_dir, args.images)
+  settings = {  # name: (photos, photos per call)
+      f'celeba 89x109, batch {args.batch}': (celeba, args.batch),
+      f'utkface 200x200, batch {args.batch}': (utkface, args.batch),
+      'utkface 200x200, one at a time': (utkface, 1),
+  }
+  print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax '
+        f'{jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); '
+        f'NMS for facenet-pytorch: '
+        f'{"numpy transcription" if facenet_reference.transcribed_nms() else "torchvision"}')
+  results = []
+  for name, (photos, per_call) in settings.items():
+    def ours(photos=photos, per_call=per_call):
+      return [f for s in range(0, len(photos), per_call)
+              for f in detector.detect(photos[s:s + per_call])]
+
+    def theirs(photos=photos, per_call=per_call):
+      out = []
+      for s in range(0, len(photos), per_call):
+        boxes, scores, points = reference.detect(photos[s:s + per_call], landmarks=True)
+        out.extend(zip(boxes, scores, points))
+      return out
+
+    times = {'gender_jax': [], 'facenet_pytorch': [], 'facenet_nms': []}
+    for round_ in range(args.rounds + 1):
+      start = time.perf_counter()
+      found = ours()
+      jax_s = time.perf_counter() - start
+      nms_before = facenet_reference.nms_seconds[0]
+      start = time.perf_counter()
+      expected = theirs()
+      torch_s = time.perf_counter() - start
+      if round_:  # Round 0 compiles.
+        times['gender_jax'].append(jax_s)
+        times['facenet_pytorch'].append(torch_s)
+        times['facenet_nms'].append(facenet_reference.nms_seconds[0] - nms_before)
+    agree, worst = same_faces(found, expected)
+    jax_rate = len(photos) / np.median(times['gender_jax'])
+    torch_rate = len(photos) / np.median(times['facenet_pytorch'])
+    torch_rate_no_nms = len(photos) / np.median(
+        np.subtract(times['facenet_pytorch'], times['facenet_nms']))
+    results.append({'setting': name, 'photos': len(photos), 'gender_jax_per_s': jax_rate,
+                    'facenet_pytorch_per_s': torch_rate,
+                    'facenet_pytorch_without_nms_per_s': torch_rate_no_nms,
+                    'ratio': jax_rate / torch_rate, 'ratio_without_nms': jax_rate /
+                    torch_rate_no_nms, 'same_face_count': agree, 'max_box_diff_px': worst})
+    print(f'{name:34s} gender_jax {jax_rate:7.1f}/s  facenet-pytorch {torch_rate:7.1f}/s '
+          f'({torch_rate_no_nms:7.1f}/s without its NMS)  ratio {jax_rate / torch_rate:5.2f} '
+          f'({jax_rate / torch_rate_no_nms:5.2f})  same faces in {agree}/{len(photos)}, '
+          f'boxes within {worst:.1e} px', flush=True)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + '\n')
+
+
+if __name__ == '__main__':
+  main()
