@@ -1,0 +1,290 @@
+"""Face alignment and training-image jitter: transforms, templates, warps."""
+import numpy as np
+from PIL import Image
+import pytest
+
+from gender_jax import face_detect
+from gender_jax import faces
+from gender_jax import input_pipeline
+
+# Typical landmarks of a CelebA crop, 89x109 (eyes, nose, mouth corners).
+CELEBA_POINTS = np.array([[31.0, 53.0], [57.0, 53.0], [44.0, 66.0], [33.0, 79.0], [55.0, 79.0]])
+
+
+def _rotation(degrees):
+  a = np.deg2rad(degrees)
+  return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+
+def test_similarity_transform_recovers_rotation_scale_and_shift():
+  linear = 1.7 * _rotation(25)
+  dst = CELEBA_POINTS @ linear.T + [4.0, -9.0]
+  matrix = faces.similarity_transform(CELEBA_POINTS, dst)
+  np.testing.assert_allclose(matrix, np.hstack([linear, [[4.0], [-9.0]]]), atol=1e-9)
+
+
+def test_similarity_transform_never_reflects():
+  mirrored = CELEBA_POINTS * [-1.0, 1.0]
+  matrix = faces.similarity_transform(CELEBA_POINTS, mirrored)
+  assert np.linalg.det(matrix[:, :2]) > 0
+
+
+def _dots(pixels, shape, radius=2):
+  """A black image with a white square dot centred on each (x, y) pixel."""
+  image = np.zeros((*shape, 3), np.uint8)
+  for x, y in pixels.astype(int):
+    image[y - radius:y + radius + 1, x - radius:x + radius + 1] = 255
+  return image
+
+
+def _centres(image, near, radius=6):
+  """The centre of brightness around each of `near` (pixel coordinates, centres at +0.5)."""
+  grey = image.astype(np.float64).sum(-1)
+  found = []
+  for x, y in np.round(near).astype(int):
+    y0, x0 = max(0, y - radius), max(0, x - radius)
+    patch = grey[y0:y + radius + 1, x0:x + radius + 1]
+    ys, xs = np.mgrid[:patch.shape[0], :patch.shape[1]]
+    found.append([x0 + (xs * patch).sum() / patch.sum() + 0.5,
+                  y0 + (ys * patch).sum() / patch.sum() + 0.5])
+  return np.array(found)
+
+
+@pytest.mark.parametrize('degrees,scale', [(0, 1.0), (20, 1.0), (-15, 2.5), (10, 0.5)])
+def test_align_face_puts_the_landmarks_on_the_template(degrees, scale):
+  # A centre crop keeps the face's proportions, so a similarity can meet the template exactly.
+  template = faces.derive_template(CELEBA_POINTS[None], [(89, 109)], resize='center_crop')
+  # The same face seen rotated, scaled and moved in a larger photo.
+  linear = scale * _rotation(degrees)
+  pixels = np.round((CELEBA_POINTS - 50) @ linear.T + [120, 100])
+  photo = _dots(pixels, (220, 260), radius=max(1, round(2 * scale)))
+  aligned = faces.align_face(photo, pixels + 0.5, template, 80)  # Pixel centres are at +0.5.
+  assert aligned.shape == (80, 80, 3) and aligned.dtype == np.uint8
+  np.testing.assert_allclose(_centres(aligned, template * 80), template * 80, atol=1.0)
+
+
+def test_warp_repeats_edge_pixels_outside_the_image():
+  image = np.zeros((10, 10, 3), np.uint8)
+  image[:, -1] = 200  # A bright right edge.
+  shifted = faces.warp_affine(image, np.array([[1.0, 0, -5], [0, 1.0, 0]]), 10)
+  assert (shifted[:, 4:] == 200).all()  # Beyond the old right edge: the edge repeated.
+  assert (shifted[:, :3] == 0).all()
+
+
+def test_identity_warp_keeps_the_image():
+  image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(faces.warp_affine(image, np.eye(2, 3), 16), image)
+
+
+def test_template_of_aligned_crops_matches_what_resize_shows():
+  template = faces.derive_template([CELEBA_POINTS] * 3, [(89, 109)] * 3, resize='stretch')
+  np.testing.assert_allclose(template, CELEBA_POINTS / [89, 109], atol=1e-6)
+  cropped = faces.derive_template([CELEBA_POINTS], [(89, 109)], resize='center_crop')
+  np.testing.assert_allclose(cropped, (CELEBA_POINTS - [0, 10]) / 89, atol=1e-6)
+
+
+def test_template_zoom_scales_about_the_landmarks_centre():
+  plain = faces.derive_template([CELEBA_POINTS], [(89, 109)])
+  zoomed = faces.derive_template([CELEBA_POINTS], [(89, 109)], zoom=1.5)
+  np.testing.assert_allclose(zoomed.mean(0), plain.mean(0), atol=1e-6)
+  np.testing.assert_allclose(zoomed - zoomed.mean(0), 1.5 * (plain - plain.mean(0)), atol=1e-6)
+
+
+def test_no_training_face_is_an_error():
+  with pytest.raises(ValueError, match='No training face'):
+    faces.derive_template(np.zeros((0, 5, 2)), np.zeros((0, 2)))
+
+
+def test_largest_face_is_the_subject():
+  found = face_detect.Faces(boxes=np.array([[0, 0, 10, 10], [5, 5, 40, 50], [0, 0, 20, 20]],
+                                           np.float32),
+                            scores=np.array([0.99, 0.9, 0.95], np.float32),
+                            landmarks=np.zeros((3, 5, 2), np.float32))
+  assert faces.largest_face(found) == 1
+  none = face_detect.Faces(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0, 5, 2)))
+  assert faces.largest_face(none) is None
+
+
+# --- Jitter of training images -------------------------------------------------------------------
+
+
+def _split(n=16, size=12):
+  rng = np.random.default_rng(0)
+  return input_pipeline.Split('train', rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+                              np.arange(n, dtype=np.int32) % 2, [f'{i}.jpg' for i in range(n)],
+                              '.')
+
+
+def _batches(split, **kwargs):
+  return [b['image'] for b in input_pipeline.train_batches(split, 8, seed=3, epoch=1, flip=True,
+                                                           shift=0.1, **kwargs)]
+
+
+def test_no_jitter_leaves_flips_and_shifts_as_they_were():
+  split = _split()
+  plain = _batches(split)
+  off = _batches(split, jitter=input_pipeline.Jitter())
+  for a, b in zip(plain, off):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_jitter_is_drawn_from_seed_and_epoch():
+  split = _split()
+  jitter = input_pipeline.Jitter(scale=0.2, aspect=0.1, rotate=15, brightness=0.3, contrast=0.3,
+                                 saturation=0.3)
+  first, again = _batches(split, jitter=jitter), _batches(split, jitter=jitter)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  assert any((a != b).any() for a, b in zip(first, _batches(split)))
+
+
+def test_colour_jitter_of_one_is_identity_and_brightness_scales():
+  images = _split().images
+  ones = np.ones((len(images), 6))
+  np.testing.assert_array_equal(input_pipeline.jitter_colour(images, ones), images)
+  darker = ones.copy()
+  darker[:, 3] = 0.5
+  np.testing.assert_allclose(input_pipeline.jitter_colour(images, darker),
+                             np.rint(images * 0.5), atol=1)
+
+
+def test_rotating_jitter_turns_the_image_about_its_centre():
+  image = np.zeros((1, 21, 21, 3), np.uint8)
+  image[0, 10, 15:] = 255  # A bar from the centre to the right edge.
+  factors = np.array([[1.0, 1.0, np.pi / 2, 1.0, 1.0, 1.0]])
+  turned = input_pipeline.jitter_geometry(image, factors)[0]
+  assert turned[15:, 10].mean() > 200  # Now from the centre down (y grows downwards).
+  assert turned[10, 15:].mean() < 50
+
+
+# --- The aligned data pipeline, with a stand-in detector ----------------------------------------
+
+
+class DotDetector:
+  """Finds the 'face' of test images: landmarks at fixed fractions of the image; none if dark."""
+  fingerprint = 'dots'
+
+  def __init__(self):
+    self.calls = 0
+
+  def detect(self, images):
+    self.calls += len(images)
+    found = []
+    for image in images:
+      height, width = image.shape[:2]
+      if image.mean() < 60:
+        found.append(face_detect.Faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                                       np.zeros((0, 5, 2), np.float32)))
+        continue
+      points = (CELEBA_POINTS / [89, 109] * [width, height]).astype(np.float32)
+      found.append(face_detect.Faces(np.array([[0, 0, width, height]], np.float32),
+                                     np.ones(1, np.float32), points[None]))
+    return found
+
+
+def _aligned_config(data_dir, tfds_dir, **overrides):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.update(dict(data_dir=str(data_dir), tfds_dir=str(tfds_dir), num_train=-1, num_valid=-1,
+                     num_test=-1, image_size=16, face_align='mtcnn', resize='center_crop'))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture
+def dot_detector(monkeypatch):
+  detector = DotDetector()
+  monkeypatch.setattr(input_pipeline, 'load_detector', lambda config: (detector, 'dots'))
+  return detector
+
+
+def _dark(folder, rel):
+  Image.fromarray(np.full((28, 24, 3), 20, np.uint8)).save(folder / rel)
+
+
+def test_template_is_derived_from_training_faces_and_recorded(synthetic_faces, tmp_path,
+                                                              dot_detector):
+  config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
+  splits = input_pipeline.load_splits(config)
+  expected = faces.derive_template([CELEBA_POINTS / [89, 109] * [24, 28]], [(24, 28)],
+                                   'center_crop')
+  np.testing.assert_allclose(np.reshape(config.face_template, (5, 2)), expected, atol=1e-5)
+  assert splits['train'].images.shape[1:] == (16, 16, 3)
+  assert not splits['train'].no_face
+
+
+def test_landmarks_and_aligned_images_are_cached(synthetic_faces, tmp_path, dot_detector,
+                                                 monkeypatch):
+  config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
+  first = input_pipeline.load_splits(config)
+  calls = dot_detector.calls
+  assert calls == sum(len(s) for s in first.values())
+  monkeypatch.setattr(input_pipeline, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
+  second = input_pipeline.load_splits(config)
+  assert dot_detector.calls == calls
+  np.testing.assert_array_equal(first['test'].images, second['test'].images)
+
+
+def test_another_template_makes_other_images(synthetic_faces, tmp_path, dot_detector):
+  config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
+  plain = input_pipeline.load_splits(config)['train'].images
+  zoomed = input_pipeline.load_splits(_aligned_config(synthetic_faces, tmp_path / 'tfds',
+                                                      face_zoom=1.5))['train'].images
+  assert (plain != zoomed).any()
+
+
+@pytest.mark.parametrize('how', ['resize', 'drop'])
+def test_images_without_a_face_are_listed_and_handled(tmp_path, dot_detector, how):
+  import conftest  # pylint: disable=g-import-not-at-top
+  folder = conftest.write_synthetic_faces(tmp_path / 'faces')
+  _dark(folder, 'test/male/test_male_000.jpg')
+  config = _aligned_config(folder, tmp_path / 'tfds', face_missing=how)
+  splits = input_pipeline.load_splits(config, workdir=tmp_path / 'work')
+  test = splits['test']
+  assert test.no_face == ['test/male/test_male_000.jpg']
+  assert ('test/male/test_male_000.jpg' in test.paths) == (how == 'resize')
+  assert len(test) == 20 - (how == 'drop')
+  listed = (tmp_path / 'work' / 'protocol' / 'no_face_test.txt').read_text()
+  assert listed == 'test/male/test_male_000.jpg\t1\n'
+
+
+def test_evaluation_without_train_split_needs_the_runs_template(synthetic_faces, tmp_path,
+                                                                dot_detector):
+  config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
+  with pytest.raises(ValueError, match='face_template is empty'):
+    input_pipeline.load_splits(config, splits=('test',))
+
+
+def test_folder_faces_are_aligned_like_the_dataset(synthetic_faces, tmp_path, dot_detector):
+  config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
+  test = input_pipeline.load_splits(config)['test']
+  folder = input_pipeline.load_folder(synthetic_faces / 'test', config, dot_detector)
+  np.testing.assert_array_equal(folder.images, test.images)
+
+
+def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, tmp_path,
+                                                               dot_detector):
+  import csv  # pylint: disable=g-import-not-at-top
+  from gender_jax import evaluate, inference, predict, train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  config = _aligned_config(synthetic_faces, tmp_path / 'tfds', num_train=32, num_valid=16,
+                           num_test=16, image_size=32)
+  results = train.train_and_evaluate(config, str(workdir))
+  assert len(results['config']['face_template']) == 10
+  trained = inference.load_trained(str(workdir))
+  assert tuple(trained.config.face_template) == tuple(config.face_template)
+
+  with open(workdir / 'predictions_test.csv', newline='') as f:
+    expected = {str(synthetic_faces / r['path']): float(r['p_male']) for r in csv.DictReader(f)}
+  predictions, errors = predict.predict_files(trained, sorted(expected), dot_detector)
+  assert not errors
+  assert [p.face for p in predictions] == [0] * len(expected)
+  for p in predictions:
+    assert p.p_male == pytest.approx(expected[p.path], abs=1e-5), p.path
+
+  _dark(tmp_path, 'dark.png')
+  predictions, errors = predict.predict_files(trained, [str(tmp_path / 'dark.png')], dot_detector)
+  assert not predictions and errors == [(str(tmp_path / 'dark.png'), predict.NO_FACE)]
+
+  on_test = evaluate.evaluate(str(workdir), split='test')
+  assert on_test['metrics']['accuracy'] == pytest.approx(results['metrics']['accuracy'])
