@@ -22,10 +22,14 @@ from PIL import Image
 
 from gender_jax import LABELS
 from gender_jax import metrics
+from gender_jax import stats
 
 FIGURES = 'figures'
 STUDY_FILE = 'study.json'
 RESULTS_FILE = 'results.json'
+PAIRED_FILE = 'paired_tests.json'
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 
 @dataclasses.dataclass
@@ -129,6 +133,12 @@ def _seconds(s):
   return '' if s is None else f'{s:.1f}'
 
 
+def _with_interval(m, key):
+  """A metric and, from runs that recorded it, its 95% bootstrap interval."""
+  interval = (m.get('intervals') or {}).get(key)
+  return f'{m[key]:.4f}' + (f' [{interval[0]:.4f}, {interval[1]:.4f}]' if interval else '')
+
+
 def comparison_table(study):
   """The markdown table: test metrics, size, speed and weights of each run; skips as rows."""
   header = ['Run', 'Model', 'Test images', 'Accuracy', 'Precision', 'Recall', 'F1', 'ROC AUC',
@@ -139,7 +149,8 @@ def comparison_table(study):
     r, m = run.results, run.results['metrics']
     rows.append([
         run.name, r['model'], str(m['num_examples']),
-        *(f'{m[k]:.4f}' for k in ('accuracy', 'precision', 'recall', 'f1', 'roc_auc')),
+        _with_interval(m, 'accuracy'), *(f'{m[k]:.4f}' for k in ('precision', 'recall', 'f1')),
+        _with_interval(m, 'roc_auc'),
         *(f"{m['per_class_accuracy'][c]:.4f}" for c in LABELS),
         f"{r['params']['trainable']:,}", f"{r['params']['total']:,}",
         _seconds(r.get('train_seconds')), _seconds(r.get('total_seconds')),
@@ -150,6 +161,70 @@ def comparison_table(study):
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
   return '\n'.join(lines)
+
+
+# --- Paired tests --------------------------------------------------------------------------
+
+
+def _by_path(run):
+  """The run's test examples in path order, so two runs' arrays line up example by example."""
+  order = np.argsort(run.paths, kind='stable')
+  return [run.paths[i] for i in order], run.labels[order], run.p_male[order]
+
+
+def paired_tests(runs, num_samples=BOOTSTRAP_SAMPLES, seed=BOOTSTRAP_SEED):
+  """McNemar's exact test and the paired AUC bootstrap for every two runs scored on the same
+  test images; returns (tests, [(run a, run b)] of pairs with different images)."""
+  tests, unpaired = [], []
+  for i, run_a in enumerate(runs):
+    for run_b in runs[i + 1:]:
+      paths_a, labels, p_a = _by_path(run_a)
+      paths_b, labels_b, p_b = _by_path(run_b)
+      if paths_a != paths_b or not np.array_equal(labels, labels_b):
+        unpaired.append((run_a.name, run_b.name))
+        continue
+      correct_a, correct_b = (p_a >= 0.5) == labels, (p_b >= 0.5) == labels
+      tests.append({
+          'a': run_a.name, 'b': run_b.name, 'num_examples': len(labels),
+          'accuracy_a': float(correct_a.mean()), 'accuracy_b': float(correct_b.mean()),
+          'mcnemar': stats.mcnemar_exact(correct_a, correct_b),
+          'auc_difference': stats.paired_bootstrap_auc_difference(labels, p_a, p_b,
+                                                                  num_samples, seed),
+          'bootstrap_samples': num_samples, 'bootstrap_seed': seed})
+  return tests, unpaired
+
+
+def _p(p_value, num_samples=None):
+  """A p-value for the table; a bootstrap p of 0 only says it is below 2 / num_samples."""
+  if num_samples and p_value == 0:
+    return f'< {2 / num_samples:g}'
+  return f'{p_value:.3g}'
+
+
+def paired_section(tests, unpaired):
+  """The markdown section of paired_tests: a row per pair of runs."""
+  lines = ['## Paired tests', '',
+           'Runs scored on the same test images, compared image by image. McNemar\'s exact test '
+           'asks whether the images only one run gets right split unevenly between them '
+           '(two-sided binomial test on those images); the paired bootstrap resamples the images '
+           f'{BOOTSTRAP_SAMPLES} times (seed {BOOTSTRAP_SEED}) for the difference in ROC AUC, '
+           'with its 95% interval. p-values are not corrected for the number of pairs.', '']
+  if tests:
+    lines += ['| Run A | Run B | Test images | Accuracy A | Accuracy B | A right, B wrong | '
+              'A wrong, B right | McNemar exact p | ROC AUC A - B [95% CI] | Bootstrap p |',
+              '|' + '---|' * 10]
+    for t in tests:
+      d, mc = t['auc_difference'], t['mcnemar']
+      lines.append(
+          f"| {t['a']} | {t['b']} | {t['num_examples']} | {t['accuracy_a']:.4f} | "
+          f"{t['accuracy_b']:.4f} | {mc['b']} | {mc['c']} | {_p(mc['p_value'])} | "
+          f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] | "
+          f"{_p(d['p_value'], t['bootstrap_samples'])} |")
+  else:
+    lines.append('No two runs were scored on the same test images.')
+  lines += [''] + [f'- {a} and {b}: not compared, their test images differ.'
+                   for a, b in unpaired]
+  return lines + ([''] if unpaired else [])
 
 
 # --- Figures -------------------------------------------------------------------------------
@@ -334,6 +409,13 @@ def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8):
               'weights. Those results say nothing about transfer learning.**', '']
   lines += _setup_section(study)
   lines += ['', '## Results', '', comparison_table(study), '']
+  if any(run.results['metrics'].get('intervals') for run in runs):
+    lines += ['Accuracy and ROC AUC carry their 95% bootstrap interval over the test images '
+              '(runs that recorded one).', '']
+  tests, unpaired = paired_tests(runs)
+  (out / PAIRED_FILE).write_text(json.dumps(tests, indent=2))
+  if len(runs) >= 2:
+    lines += paired_section(tests, unpaired)
   if study.skipped:
     lines += ['## Skipped experiments', '']
     for model, reason in study.skipped.items():

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from gender_jax import metrics
+from gender_jax import stats
 
 
 def test_counts_precision_recall_f1_by_hand():
@@ -42,3 +43,16 @@ def test_balanced_accuracy_is_the_mean_of_per_class_accuracies():
   m = metrics.classification_metrics(labels, logits)
   assert m['accuracy'] == pytest.approx(0.8)
   assert m['balanced_accuracy'] == pytest.approx(0.5)
+
+
+def test_metrics_carry_seeded_bootstrap_intervals_of_accuracy_balanced_accuracy_and_auc():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 200)
+  logits = rng.normal(size=200) + 2 * labels - 1
+  m = metrics.classification_metrics(labels, logits)
+  assert set(m['intervals']) == {'accuracy', 'balanced_accuracy', 'roc_auc'}
+  for key, (low, high) in m['intervals'].items():
+    assert low < m[key] < high, key
+  assert m['intervals'] == metrics.classification_metrics(labels, logits)['intervals']
+  assert m['intervals'] == {k: list(v) for k, v in stats.bootstrap_intervals(
+      labels, logits, seed=metrics.INTERVAL_SEED).items()}

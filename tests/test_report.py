@@ -8,7 +8,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from gender_jax import metrics
 from gender_jax import report
+from gender_jax import stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ('## Setup', '## Results', '## Learning curves', '## Confusion matrices and ROC curves',
@@ -153,3 +155,64 @@ def test_command_line_writes_the_report_where_asked(study_dir, tmp_path):
   assert result.returncode == 0, result.stderr
   assert (tmp_path / 'out' / 'report.md').exists()
   assert (tmp_path / 'out' / 'figures' / 'confident_mistakes.png').exists()
+
+
+def test_runs_on_the_same_test_images_get_paired_tests(study_dir, report_text):
+  custom, vgg16 = (report.load_run(study_dir / m) for m in ('custom', 'vgg16'))
+  right_custom = custom.predicted == custom.labels
+  right_vgg16 = vgg16.predicted == vgg16.labels  # Same rows, same order in both CSVs.
+  b, c = int(np.sum(right_custom & ~right_vgg16)), int(np.sum(~right_custom & right_vgg16))
+  assert b + c > 0
+  (test,) = json.loads((study_dir / report.PAIRED_FILE).read_text())
+  assert (test['a'], test['b'], test['num_examples']) == ('custom', 'vgg16', 12)
+  assert test['mcnemar'] == stats.mcnemar_exact(right_custom, right_vgg16)
+  assert (test['mcnemar']['b'], test['mcnemar']['c']) == (b, c)
+  auc = test['auc_difference']
+  assert auc['difference'] == pytest.approx(metrics.roc_auc(custom.labels, custom.p_male) -
+                                            metrics.roc_auc(vgg16.labels, vgg16.p_male))
+  assert auc['low'] <= auc['difference'] <= auc['high'] and 0 <= auc['p_value'] <= 1
+  assert '## Paired tests' in report_text
+  row = next(l for l in report_text.splitlines() if l.startswith('| custom | vgg16 | 12 |'))
+  assert f"| {b} | {c} | {test['mcnemar']['p_value']:.3g} |" in row
+  assert f"{auc['difference']:+.4f} [{auc['low']:+.4f}, {auc['high']:+.4f}]" in row
+
+
+def test_pairs_are_matched_by_path_not_row_order(study_dir, tmp_path):
+  shuffled = tmp_path / 'shuffled'
+  shuffled.mkdir()
+  for name in ('results.json', 'metrics.jsonl', 'config.json'):
+    (shuffled / name).write_text((study_dir / 'vgg16' / name).read_text())
+  header, *rows = (study_dir / 'vgg16' / 'predictions_test.csv').read_text().splitlines()
+  (shuffled / 'predictions_test.csv').write_text('\n'.join([header] + rows[::-1]) + '\n')
+  tests, unpaired = report.paired_tests([report.load_run(study_dir / 'custom'),
+                                         report.load_run(shuffled)])
+  expected, _ = report.paired_tests([report.load_run(study_dir / m) for m in ('custom', 'vgg16')])
+  assert not unpaired and tests[0]['mcnemar'] == expected[0]['mcnemar']
+  assert tests[0]['auc_difference'] == expected[0]['auc_difference']
+
+
+def test_runs_on_other_test_images_are_not_paired(study_dir, tmp_path):
+  faces = tmp_path / 'faces'
+  rows = write_faces(faces, per_class=4)
+  write_fake_run(tmp_path / 'other', faces, rows)
+  text = report.write_report([study_dir / 'custom', tmp_path / 'other'],
+                             tmp_path / 'out').read_text()
+  assert 'No two runs were scored on the same test images.' in text
+  assert '- custom and other: not compared, their test images differ.' in text
+  assert json.loads((tmp_path / 'out' / report.PAIRED_FILE).read_text()) == []
+
+
+def test_recorded_intervals_are_shown_beside_accuracy_and_auc(study_dir, tmp_path):
+  run = tmp_path / 'with_intervals'
+  faces = tmp_path / 'faces'
+  write_fake_run(run, faces, write_faces(faces))
+  results = json.loads((run / 'results.json').read_text())
+  results['metrics']['intervals'] = {'accuracy': [0.5, 0.75], 'balanced_accuracy': [0.5, 0.7],
+                                     'roc_auc': [0.8, 0.95]}
+  (run / 'results.json').write_text(json.dumps(results))
+  text = report.write_report([study_dir / 'custom', run], tmp_path / 'out').read_text()
+  row = next(l for l in text.splitlines() if l.startswith('| with_intervals | custom |'))
+  accuracy = results['metrics']['accuracy']
+  assert f'| {accuracy:.4f} [0.5000, 0.7500] |' in row and '| 0.9000 [0.8000, 0.9500] |' in row
+  old = next(l for l in text.splitlines() if l.startswith('| custom | custom |'))
+  assert '[' not in old  # A run from before intervals shows none.
