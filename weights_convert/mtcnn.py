@@ -17,7 +17,9 @@ from weights_convert import convert, torch_legacy
 
 PT_FILES = {'pnet': 'pnet.pt', 'rnet': 'rnet.pt', 'onet': 'onet.pt'}
 WHEEL_MEMBER = 'facenet_pytorch/data/{}'
-WHEEL_URL = ('https://files.pythonhosted.org/packages/py3/f/facenet-pytorch/'
+# The file's address as PyPI's simple index lists it (https://pypi.org/simple/facenet-pytorch/).
+WHEEL_URL = ('https://files.pythonhosted.org/packages/ed/2e/'
+             '2d56386bc2f834cdc683743903852cf1428b4e5ee119f16cf808b589d3cd/'
              'facenet_pytorch-2.6.0-py3-none-any.whl')
 WHEEL_SHA256 = 'ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca'
 
