@@ -28,6 +28,9 @@ def get_config():
   config.augment_brightness = 0.0
   config.augment_contrast = 0.0
   config.augment_saturation = 0.0
+  # Half the training images cut by up to these fractions at the left, top, right and bottom
+  # edges, the cut's pixels repeated outwards: what alignment shows of a tightly cropped face.
+  config.augment_frame = (0.0, 0.0, 0.0, 0.0)
   config.max_bad_fraction = 0.01  # Fail the dataset build if more images than this are bad.
   # Faces: 'none' resizes whole images; 'mtcnn' finds each face's 5 landmarks and aligns them
   # onto face_template (derived from the training faces when empty, then kept in config.json).

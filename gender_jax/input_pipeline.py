@@ -11,6 +11,7 @@ Run as a script to build a folder's dataset and print what it holds and what the
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import os
 import sys
 from typing import NamedTuple
@@ -313,12 +314,17 @@ def _summary(builder, index, drawn):
 
 
 def load_detector(config):
-  """(detector, its id for cache names) when config.face_align finds faces, else (None, None)."""
+  """(detector, an id of its weights for cache names) when config.face_align finds faces.
+
+  (None, None) for 'none'. Raises pretrained.MissingWeightsError, with the command that makes
+  them, when config.face_detector_weights holds no converted MTCNN.
+  """
   if config.face_align == 'none':
     return None, None
   from gender_jax import face_detect  # pylint: disable=g-import-not-at-top
-  detector = face_detect.load_detector(config.face_detector_weights)
-  return detector, detector.fingerprint
+  params, metadata = face_detect.load_params(config.face_detector_weights)
+  weights_id = json.dumps(metadata.get('pt_sha256'), sort_keys=True).encode()
+  return face_detect.Detector(params), hashlib.sha256(weights_id).hexdigest()[:12]
 
 
 def set_face_template(config, train_marks):
@@ -500,11 +506,13 @@ def num_train_steps(split, batch_size):
 
 @dataclasses.dataclass(frozen=True)
 class Jitter:
-  """Ranges of the random geometry and colour changes of training images (0: off).
+  """Ranges of the random geometry, framing and colour changes of training images (0: off).
 
   scale: zoom by a factor in [1 - scale, 1 + scale]; aspect: stretch width against height by a
   factor in [1 - aspect, 1 + aspect]; rotate: degrees either way; brightness, contrast and
-  saturation: factors in [1 - x, 1 + x].
+  saturation: factors in [1 - x, 1 + x]; frame: for half the images, cut up to these fractions
+  of the square at the left, top, right and bottom edges and repeat the pixels at the cut, as
+  alignment fills what lies outside a tightly cropped photo (face chips cut at the forehead).
   """
   scale: float = 0.0
   aspect: float = 0.0
@@ -512,17 +520,23 @@ class Jitter:
   brightness: float = 0.0
   contrast: float = 0.0
   saturation: float = 0.0
+  frame: tuple = (0.0, 0.0, 0.0, 0.0)
 
   @classmethod
   def from_config(cls, config):
-    return cls(**{f.name: float(config[f'augment_{f.name}']) for f in dataclasses.fields(cls)})
+    values = {f.name: config[f'augment_{f.name}'] for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(map(float, v)) if k == 'frame' else float(v)
+                  for k, v in values.items()})
 
   def draw(self, rng, n):
-    """Per-image factors (n, 6): scale, aspect, angle (radians), brightness, contrast, saturation."""
+    """Per-image factors (n, 10): scale, aspect, angle (radians), brightness, contrast,
+    saturation, then the fractions cut at the left, top, right and bottom edges."""
     ranges = np.array([self.scale, self.aspect, np.deg2rad(self.rotate), self.brightness,
                        self.contrast, self.saturation])
     centres = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
-    return centres + ranges * rng.uniform(-1, 1, size=(n, len(ranges)))
+    factors = centres + ranges * rng.uniform(-1, 1, size=(n, len(ranges)))
+    cuts = np.array(self.frame) * rng.uniform(0, 1, size=(n, 4)) * (rng.random((n, 1)) < 0.5)
+    return np.hstack([factors, cuts])
 
   @property
   def geometric(self):
@@ -562,6 +576,19 @@ def jitter_colour(images, factors):
   return np.rint(np.clip(x, 0, 255)).astype(np.uint8)
 
 
+def jitter_frame(images, factors):
+  """Cuts each image at the fractions factors[:, 6:10] (left, top, right, bottom) of its side and
+  repeats the pixels at the cut outwards."""
+  size = images.shape[1]
+  out = np.empty_like(images)
+  positions = np.arange(size)
+  for i, (left, top, right, bottom) in enumerate(factors[:, 6:10]):
+    x0, y0 = int(left * size), int(top * size)
+    x1, y1 = size - 1 - int(right * size), size - 1 - int(bottom * size)
+    out[i] = images[i][np.clip(positions, y0, y1)][:, np.clip(positions, x0, x1)]
+  return out
+
+
 def train_batches(split, batch_size, *, seed, epoch, flip, shift=0.0, jitter=Jitter(),
                   with_images=True, process_index=None, process_count=None):
   """Yields this process's slice of each global training batch of one epoch.
@@ -590,6 +617,8 @@ def train_batches(split, batch_size, *, seed, epoch, flip, shift=0.0, jitter=Jit
       images = augment(split.images[index], flips[rows], shifts[rows])
       if jitter.geometric:
         images = jitter_geometry(images, factors[rows])
+      if any(jitter.frame):
+        images = jitter_frame(images, factors[rows])
       if jitter.photometric:
         images = jitter_colour(images, factors[rows])
       batch['image'] = images

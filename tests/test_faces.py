@@ -288,3 +288,20 @@ def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, 
 
   on_test = evaluate.evaluate(str(workdir), split='test')
   assert on_test['metrics']['accuracy'] == pytest.approx(results['metrics']['accuracy'])
+
+
+def test_frame_jitter_repeats_the_pixels_at_each_cut():
+  images = _split(n=1, size=20).images
+  factors = np.array([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.1, 0.25, 0.0, 0.2]])
+  framed = input_pipeline.jitter_frame(images, factors)[0]
+  np.testing.assert_array_equal(framed[5:16, 2:], images[0, 5:16, 2:])  # Inside: unchanged.
+  assert (framed[:5] == framed[5]).all()  # Top 25% cut: the first kept row repeated.
+  assert (framed[16:] == framed[15]).all()  # Bottom 20%.
+  assert (framed[:, :2] == framed[:, 2:3]).all()  # Left 10%.
+
+
+def test_frame_jitter_touches_about_half_the_images():
+  factors = input_pipeline.Jitter(frame=(0.1, 0.3, 0.1, 0.1)).draw(np.random.default_rng(0), 1000)
+  framed = factors[:, 6:].any(axis=1)
+  assert 0.45 < framed.mean() < 0.55
+  assert (factors[:, 7] <= 0.3).all() and factors[:, 7].max() > 0.25
