@@ -144,13 +144,17 @@ class Landmarks(NamedTuple):
   found: np.ndarray  # bool (N,).
   sizes: np.ndarray  # int32 (N, 2): width, height.
 
+  @classmethod
+  def empty(cls, n):
+    return cls(np.zeros((n, faces.NUM_LANDMARKS, 2), np.float32), np.zeros(n, bool),
+               np.zeros((n, 2), np.int32))
+
 
 def _detect(detector, images):
   """Landmarks of the largest face in each decoded Pillow image."""
   arrays = [np.asarray(image) for image in images]
-  marks = Landmarks(np.zeros((len(arrays), faces.NUM_LANDMARKS, 2), np.float32),
-                    np.zeros(len(arrays), bool),
-                    np.array([(a.shape[1], a.shape[0]) for a in arrays], np.int32).reshape(-1, 2))
+  marks = Landmarks.empty(len(arrays))
+  marks.sizes[:] = [(a.shape[1], a.shape[0]) for a in arrays]
   for i, found in enumerate(detector.detect(arrays)):
     face = faces.largest_face(found)
     if face is not None:
@@ -170,8 +174,7 @@ def _cached_landmarks(builder, split, rows, detector, detector_id):
       with np.load(path) as saved:
         marks, done = Landmarks(*(saved[f] for f in Landmarks._fields)), saved['done']
     else:
-      marks = Landmarks(np.zeros((num_records, faces.NUM_LANDMARKS, 2), np.float32),
-                        np.zeros(num_records, bool), np.zeros((num_records, 2), np.int32))
+      marks = Landmarks.empty(num_records)
       done = np.zeros(num_records, bool)
     todo = rows[~done[rows]]
     if len(todo):
@@ -448,8 +451,7 @@ def load_folder(path, config, detector=None, max_bad_fraction=0.01):
 
 def _folder_landmarks(read, count, detector, bad):
   """Landmarks of images 0..count-1 of a folder; appends (k, reason) of undecodable ones to bad."""
-  marks = Landmarks(np.zeros((count, faces.NUM_LANDMARKS, 2), np.float32),
-                    np.zeros(count, bool), np.zeros((count, 2), np.int32))
+  marks = Landmarks.empty(count)
   with tqdm.tqdm(total=count, desc='Finding faces', unit=' img') as bar:
     for start in range(0, count, _DETECT_WINDOW):
       window, images = [], []

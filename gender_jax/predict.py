@@ -17,7 +17,6 @@ from typing import NamedTuple
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image
 from PIL import ImageDraw
 
 from gender_jax import LABELS

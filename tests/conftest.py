@@ -54,6 +54,20 @@ def synthetic_faces(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def run_dir(tmp_path_factory, synthetic_faces):
+  """A tiny custom model trained through the real training path (shared: only read, or
+  evaluated into its own eval_*.json files)."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from gender_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('run')
+  config = tiny.get_config('custom')
+  config.data_dir = str(synthetic_faces)
+  config.tfds_dir = str(tmp_path_factory.mktemp('tfds'))
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope='session')
 def converted_weights(tmp_path_factory):
   """{source: folder} converted by weights_convert from a Keras-written, seeded random VGG16."""
   import keras  # pylint: disable=g-import-not-at-top

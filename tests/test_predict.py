@@ -9,23 +9,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import tiny
 from gender_jax import inference
 from gender_jax import predict
-from gender_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory, synthetic_faces):
-  """A tiny custom model trained through the real training path."""
-  workdir = tmp_path_factory.mktemp('run')
-  config = tiny.get_config('custom')
-  config.data_dir = str(synthetic_faces)
-  config.tfds_dir = str(tmp_path_factory.mktemp('tfds'))
-  train.train_and_evaluate(config, str(workdir))
-  return workdir
 
 
 @pytest.fixture(scope='module')

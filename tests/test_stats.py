@@ -10,13 +10,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import tiny
 from conftest import write_synthetic_faces
 from gender_jax import evaluate
 from gender_jax import inference
 from gender_jax import metrics
 from gender_jax import stats
-from gender_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -232,17 +230,6 @@ def test_group_gap_needs_two_large_groups_and_order_is_kept():
 # --- evaluate --labels_csv -----------------------------------------------------------------
 
 AGES = [25] * 22 + [41] * 22 + [85] * 6  # Groups of 22, 22 and 6 (too small for the gap).
-
-
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory, synthetic_faces):
-  """A tiny custom model trained through the real training path."""
-  workdir = tmp_path_factory.mktemp('run')
-  config = tiny.get_config('custom')
-  config.data_dir = str(synthetic_faces)
-  config.tfds_dir = str(tmp_path_factory.mktemp('tfds'))
-  train.train_and_evaluate(config, str(workdir))
-  return workdir
 
 
 @pytest.fixture(scope='module')
