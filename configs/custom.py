@@ -18,7 +18,7 @@ def get_config():
   config.custom_norm = 'batch'
   config.head_pooling = 'flatten'  # Global average pooling: valid 0.939, UTKFace no better.
   config.learning_rate = 1e-3
-  config.num_epochs = 20
+  config.num_epochs = 30
   config.lr_schedule = 'cosine'
 
   config.face_align = 'mtcnn'
