@@ -355,6 +355,12 @@ def _when(run):
       timespec='seconds')
 
 
+def _faces(config):
+  """How the run's images became its inputs: whole, or aligned faces and the template's zoom."""
+  align = config.get('face_align', 'none')
+  return 'whole images' if align == 'none' else f"{align}-aligned, zoom {config.get('face_zoom')}"
+
+
 def _setup_section(study):
   """What was measured, where, when, with which command and weights."""
   lines = ['## Setup', '']
@@ -362,7 +368,7 @@ def _setup_section(study):
     lines += [f'Study `{directory}`, last run from {s.get("started")} to {s.get("finished")}: '
               f'`{s.get("command")}`', '']
   lines += ['| Run | Finished (UTC) | Machine | Devices | Data | Train/valid/test | Image size | '
-            'Epochs | Batch | Learning rate | Git commit | Command |', '|' + '---|' * 12]
+            'Faces | Epochs | Batch | Learning rate | Git commit | Command |', '|' + '---|' * 13]
   for run in study.runs:
     r, c = run.results, run.results.get('config', {})
     command = r.get('command') or run.entry.get('command') or 'not recorded'
@@ -371,7 +377,7 @@ def _setup_section(study):
         f"| {run.name} | {_when(run)} | {machine} | "
         f"{r.get('devices')} | `{r.get('data_dir')}` | "
         f"{c.get('num_train')}/{c.get('num_valid')}/{c.get('num_test')} | "
-        f"{c.get('image_size')} ({c.get('resize')}) | {r.get('num_epochs')} | "
+        f"{c.get('image_size')} ({c.get('resize')}) | {_faces(c)} | {r.get('num_epochs')} | "
         f"{c.get('batch_size')} | {c.get('learning_rate')} | {r.get('git_commit')} | "
         f"`{command}` |")
   lines += ['', 'Metrics are on the test split (male = positive class, P(male) >= 0.5 predicts '

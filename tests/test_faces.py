@@ -289,6 +289,10 @@ def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, 
   on_test = evaluate.evaluate(str(workdir), split='test')
   assert on_test['metrics']['accuracy'] == pytest.approx(results['metrics']['accuracy'])
 
+  from gender_jax import report  # pylint: disable=g-import-not-at-top
+  report.write_report([str(workdir)], str(tmp_path / 'report'))
+  assert '| mtcnn-aligned, zoom 1.0 |' in (tmp_path / 'report' / 'report.md').read_text()
+
 
 def test_frame_jitter_repeats_the_pixels_at_each_cut():
   images = _split(n=1, size=20).images
