@@ -100,8 +100,8 @@ def _input_key(config, detector_id=None):
   return key
 
 
-def _cached_images(builder, split, rows, key, convert):
-  """The images of records `rows` of a built split, made by `convert` once per key into a .npy.
+def _cached_images(builder, split, rows, size, key, convert):
+  """The (size, size) images of records `rows` of a built split, made by `convert` once per key.
 
   The cache lives in the dataset's folder (named by the folder's fingerprint) and holds every
   record of the split, filled in as protocols ask for them, with a mask of the filled ones.
@@ -113,7 +113,6 @@ def _cached_images(builder, split, rows, key, convert):
       images = np.load(base + '.npy', mmap_mode='r+')
       done = np.load(base + '.done.npy')
     else:
-      size = int(key.split('px', 1)[0])
       images = np.lib.format.open_memmap(base + '.npy', 'w+', np.uint8, (num_records, size, size, 3))
       done = np.zeros(num_records, bool)
     todo = rows[~done[rows]]
@@ -364,7 +363,7 @@ def _load(config, workdir, splits):
   for name, (source, _, rows) in drawn.items():
     paths, labels = index[source]
     images = _cached_images(
-        builder, source, rows, _input_key(config, detector_id),
+        builder, source, rows, config.image_size, _input_key(config, detector_id),
         _converter(config, *(marks[name][:2] if marks else ())))
     split = Split(name=name, images=images, labels=labels[rows], paths=[paths[r] for r in rows],
                   source_dir=builder.info.metadata['source_dir'])
