@@ -28,7 +28,6 @@ import json
 import pathlib
 from typing import NamedTuple
 
-from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -141,11 +140,6 @@ def param_shapes():
 
 # --- Converted weights. ---
 
-def _shapes(tree):
-  return {k: (tuple(v.shape), str(v.dtype))
-          for k, v in traverse_util.flatten_dict(tree, sep='/').items()}
-
-
 def load_params(weights_dir):
   """Restores a folder written by `python -m weights_convert --source mtcnn` as (params, metadata).
 
@@ -173,11 +167,7 @@ def load_params(weights_dir):
     why = (str(e).splitlines() or [type(e).__name__])[0][:200]
     raise pretrained.MissingWeightsError(
         f'No MTCNN weights in {weights_dir} (params do not restore: {why}); {make}.') from e
-  expected, got = _shapes(param_shapes()), _shapes(params)
-  if got != expected:
-    wrong = ', '.join(f'{k}: {got.get(k)}, expected {expected.get(k)}'
-                      for k in sorted(expected.keys() | got.keys())
-                      if got.get(k) != expected.get(k))
+  if wrong := pretrained.shape_mismatches(params, param_shapes()):
     raise pretrained.WeightsMismatchError(f'{weights_dir}/params is not an MTCNN params tree: '
                                           f'{wrong}; {make}.')
   return params, metadata

@@ -63,6 +63,13 @@ def _shapes(tree):
           for k, v in traverse_util.flatten_dict(tree, sep='/').items()}
 
 
+def shape_mismatches(params, expected):
+  """'' when params has exactly the leaves, shapes and dtypes of `expected`, else what differs."""
+  want, got = _shapes(expected), _shapes(params)
+  return ', '.join(f'{k}: {got.get(k)}, expected {want.get(k)}'
+                   for k in sorted(want.keys() | got.keys()) if got.get(k) != want.get(k))
+
+
 def load(weights_dir, expected_source=None):
   """Restores a converted folder as (base_params of numpy arrays, metadata dict).
 
@@ -109,10 +116,6 @@ def load(weights_dir, expected_source=None):
     raise _missing(weights_dir, expected_source,
                    f'params do not restore: {why[:200]}{"..." * (len(why) > 200)}') from e
 
-  expected, got = _shapes(base_param_shapes()), _shapes(params)
-  if got != expected:
-    wrong = ', '.join(f'{k}: {got.get(k)}, expected {expected.get(k)}'
-                      for k in sorted(expected.keys() | got.keys())
-                      if got.get(k) != expected.get(k))
+  if wrong := shape_mismatches(params, base_param_shapes()):
     raise WeightsMismatchError(f'{weights_dir}/params is not a VGG16Base params tree: {wrong}.')
   return params, metadata
