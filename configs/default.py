@@ -63,6 +63,7 @@ def get_config():
   config.finetune_blocks = ()  # Base blocks to fine-tune, e.g. ('block5',); the rest is frozen.
   config.finetune_learning_rate = 1e-5
   config.cache_features = True  # Run a frozen base once per split and train the head on features.
-  config.seed = 0
+  config.seed = 0  # Draws the protocol: which images are in each split.
+  config.train_seed = -1  # Initialises and orders training (and its jitter); -1: the seed above.
   config.eval_batch_size = 256
   return config

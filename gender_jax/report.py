@@ -103,14 +103,14 @@ def load_study(dirs):
     if (d / STUDY_FILE).exists():
       study = json.loads((d / STUDY_FILE).read_text())
       studies.append((d, study))
-      entries = {d / e['workdir']: e for e in study['experiments'].values()}
-      skipped.update({m: e['reason'] for m, e in study['experiments'].items()
+      entries = {d / e['workdir']: (name, e) for name, e in study['experiments'].items()}
+      skipped.update({name: e['reason'] for name, e in study['experiments'].items()
                       if e['status'] == 'skipped'})
     else:
-      entries = {p: {} for p in sorted(d.iterdir()) if p.is_dir()}
-    for subdir, entry in entries.items():
+      entries = {p: (p.name, {}) for p in sorted(d.iterdir()) if p.is_dir()}
+    for subdir, (name, entry) in entries.items():
       if (subdir / RESULTS_FILE).exists():
-        runs.append(dataclasses.replace(load_run(subdir), entry=entry))
+        runs.append(dataclasses.replace(load_run(subdir), name=name, entry=entry))
   if not runs and not skipped:
     raise FileNotFoundError(f'No run directories (with {RESULTS_FILE}) in {list(dirs)}.')
   return Study(runs=runs, skipped=skipped, studies=studies)

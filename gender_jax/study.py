@@ -1,12 +1,19 @@
-"""The model comparison study: custom, vgg16 and vggface on one protocol and seed, then the report.
+"""The model comparison study: custom, vgg16 and vggface on one protocol, then the report.
 
   python -m gender_jax.study --workdir=runs/study --config.data_dir=PATH [--config.field=value]
   python -m gender_jax.study --workdir=runs/tiny --config=configs/tiny.py:custom
+  python -m gender_jax.study --workdir=runs/curve --models=custom \
+      --sizes=250,500,1000,2000,5000 --seeds=0,1,2
 
-Each experiment starts from configs/<model>.py, or, when --config takes an argument
+--sizes and --seeds make a sweep: every model at every training-set size (num_train) and training
+seed (train_seed: initialisation, order, jitter). The protocol's seed (--config.seed) stays, so
+the validation and test images are the same at every point, and the sizes are drawn from one pool.
+Each point is its own run, workdir/<model>/train<size>_seed<seed>; a rerun skips finished points.
+
+Each model starts from configs/<model>.py, or, when --config takes an argument
 (`file.py:arg`), from that file's get_config(<model>); the fields set on the command line then
-override every experiment. Runs go to workdir/<model>; rerunning resumes them from their
-checkpoints. A pretrained model whose converted weights are missing is skipped with the commands
+override every model. Without a sweep, runs go to workdir/<model>; rerunning resumes unfinished
+runs from their checkpoints. A pretrained model whose converted weights are missing is skipped with the commands
 that make them, and the skip is recorded in workdir/study.json and the report.
 """
 import datetime
@@ -17,11 +24,13 @@ import os
 import platform
 import shlex
 import sys
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 import configs.default
@@ -73,6 +82,44 @@ def experiment_configs(models, config_filename, overrides):
   return experiments
 
 
+class Point(NamedTuple):
+  """One run of a study: a model's config at one training-set size and training seed."""
+  name: str  # Its folder in the study's workdir, and its key in study.json.
+  model: str
+  config: ml_collections.ConfigDict
+
+
+def sweep_points(experiments, sizes=(), seeds=()):
+  """[Point]: every {model: config} at every size and seed, seed by seed, smallest size first.
+
+  With neither sizes nor seeds: one point per model, named after it (the study of one protocol).
+  Seed-major order, so a sweep stopped part-way holds whole curves for its first seeds.
+  """
+  if not sizes and not seeds:
+    return [Point(model, model, config) for model, config in experiments.items()]
+  points = []
+  for seed in seeds or [None]:
+    for size in sorted(sizes) or [None]:
+      for model, config in experiments.items():
+        config = ml_collections.ConfigDict(config.to_dict())
+        if size is not None:
+          config.num_train = size
+        if seed is not None:
+          config.train_seed = seed
+        name = f'{model}/train{config.num_train}_seed{train.resolved_train_seed(config)}'
+        points.append(Point(name, model, config))
+  return points
+
+
+def _finished(config, workdir):
+  """Whether workdir holds this config's finished run (then a rerun leaves it as it is)."""
+  path = os.path.join(workdir, report.RESULTS_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f)['config'] == config.to_dict()
+
+
 def machine():
   """Where the study ran: enough to tell a laptop CPU from a GPU server."""
   return {'platform': platform.platform(), 'python': platform.python_version(),
@@ -91,12 +138,12 @@ def _write_json(path, value):
     os.replace(path + '.tmp', path)
 
 
-def run_study(experiments, workdir, command=None):
-  """Trains and evaluates each {model: config} into workdir/<model>, then writes the report.
+def run_study(points, workdir, command=None):
+  """Trains and evaluates each Point into workdir/<point.name>, then writes the report.
 
-  Returns the study record (also workdir/study.json). A rerun updates the entries of the models
-  it runs and keeps the others, so one report covers them all. Missing converted weights skip
-  that model; any other failure stops the study (finished runs stay, a rerun resumes).
+  Returns the study record (also workdir/study.json). A rerun skips finished points, resumes
+  unfinished ones, and keeps the entries of points it does not run, so one report covers them
+  all. Missing converted weights skip that point; any other failure stops the study.
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, STUDY_FILE)
@@ -106,17 +153,24 @@ def run_study(experiments, workdir, command=None):
       previous = json.load(f)
   study = {'command': command, 'started': _now(), 'finished': None,
            'experiments': previous.get('experiments', {})}
-  for model, config in experiments.items():
-    logging.info('Study: %s into %s', model, os.path.join(workdir, model))
-    entry = study['experiments'][model] = {'status': 'running', 'workdir': model,
-                                           'command': command, 'machine': machine(),
-                                           'started': _now()}
+  for i, point in enumerate(points):
+    run_dir = os.path.join(workdir, point.name)
+    entry = study['experiments'].get(point.name, {})
+    if entry.get('status') == 'done' and _finished(point.config, run_dir):
+      print(f'Point {i + 1}/{len(points)}: {point.name} is finished ({run_dir}).', flush=True)
+      continue
+    print(f'Point {i + 1}/{len(points)}: {point.name} into {run_dir}', flush=True)
+    entry = study['experiments'][point.name] = {
+        'status': 'running', 'model': point.model, 'workdir': point.name,
+        'num_train': point.config.num_train,
+        'train_seed': train.resolved_train_seed(point.config),
+        'command': command, 'machine': machine(), 'started': _now()}
     _write_json(path, study)
     try:
-      results = train.train_and_evaluate(config, os.path.join(workdir, model))
+      results = train.train_and_evaluate(point.config, run_dir)
     except pretrained.MissingWeightsError as e:
       entry.update(status='skipped', reason=str(e))
-      print(f'\nSkipping {model}: {e}\n', flush=True)
+      print(f'\nSkipping {point.name}: {e}\n', flush=True)
     else:
       entry.update(status='done', test_accuracy=results['metrics']['accuracy'])
     entry['finished'] = _now()
@@ -130,11 +184,12 @@ def run_study(experiments, workdir, command=None):
 
 def summary(study, workdir):
   lines = [f'Study in {workdir}:']
-  for model, e in study['experiments'].items():
+  width = max(map(len, study['experiments']), default=0)
+  for name, e in study['experiments'].items():
     # A skip's first sentence; its commands are printed above and kept in the report.
     detail = (f"test accuracy {e['test_accuracy']:.4f}" if e['status'] == 'done' else
               e.get('reason', '').split('. ')[0])
-    lines.append(f"  {model:8s} {e['status']:8s} {detail}")
+    lines.append(f"  {name:{width}s} {e['status']:8s} {detail}")
   lines.append(f"Report: {os.path.join(workdir, 'report.md')}")
   return '\n'.join(lines)
 
@@ -145,12 +200,23 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Defines the command line flags; only when run as a script, so imports never clash."""
   flags.DEFINE_string('workdir', None, 'The study folder: one run folder per model, the report.')
-  flags.DEFINE_list('models', list(MODELS), 'The experiments to run, in this order.')
+  flags.DEFINE_list('models', list(MODELS), 'The models to run, in this order.')
+  flags.DEFINE_list('sizes', [], 'Training-set sizes (num_train) to sweep, e.g. 250,500,1000.')
+  flags.DEFINE_list('seeds', [], 'Training seeds (train_seed) to sweep, e.g. 0,1,2.')
   config_flags.DEFINE_config_file(
       'config', configs.default.__file__, 'Fields set here (--config.field=value) override every '
       "experiment; a file taking an argument (configs/tiny.py:custom) is called with each model.",
       lock_config=True)
   flags.mark_flags_as_required(['workdir'])
+
+
+def _integers(name, minimum):
+  """The integers of list flag --name, each at least minimum, or a UsageError naming the flag."""
+  values = FLAGS[name].value
+  if not all(v.strip().isdigit() and int(v) >= minimum for v in values):
+    raise app.UsageError(f'--{name}={",".join(values)}: expected whole numbers >= {minimum}, '
+                         f'separated by commas.')
+  return list(dict.fromkeys(map(int, values)))  # Each point once.
 
 
 def main(argv):
@@ -162,8 +228,9 @@ def main(argv):
   experiments = experiment_configs(FLAGS.models,
                                    config_flags.get_config_filename(FLAGS['config']),
                                    config_flags.get_override_values(FLAGS['config']))
+  points = sweep_points(experiments, _integers('sizes', minimum=1), _integers('seeds', minimum=0))
   command = shlex.join(['python', '-m', 'gender_jax.study', *sys.argv[1:]])
-  study = run_study(experiments, FLAGS.workdir, command)
+  study = run_study(points, FLAGS.workdir, command)
   print(summary(study, FLAGS.workdir))
 
 

@@ -458,6 +458,11 @@ def write_json(path, value):
 # ---------------------------------------------------------------------------------------------
 # The whole run.
 # ---------------------------------------------------------------------------------------------
+def resolved_train_seed(config):
+  """The seed of initialisation, order and jitter: train_seed, or the protocol's seed if -1."""
+  return config.seed if config.train_seed == -1 else config.train_seed
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains, checkpoints and evaluates; resumes from workdir. Returns the results dict."""
   start = time.time()
@@ -479,7 +484,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Model, state.
   model = models.create_model(
       config, weights_meta['preprocessing'] if weights_meta else None)
-  state = create_train_state(config, model, jax.random.PRNGKey(config.seed), steps_per_epoch,
+  train_seed = resolved_train_seed(config)
+  state = create_train_state(config, model, jax.random.PRNGKey(train_seed), steps_per_epoch,
                              base_params)
   labels = trainable_labels(state.params, config)
   param_counts = {'trainable': count_params(state.params, labels),
@@ -509,7 +515,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for epoch in range(progress['epoch'] + 1, config.num_epochs + 1):
     epoch_start = time.time()
     batches = input_pipeline.train_batches(
-        train_split, config.batch_size, seed=config.seed, epoch=epoch, flip=config.augment_flip,
+        train_split, config.batch_size, seed=train_seed, epoch=epoch, flip=config.augment_flip,
         shift=config.augment_shift, jitter=input_pipeline.Jitter.from_config(config),
         with_images=not use_cache)
     sums = []
@@ -554,10 +560,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # The best checkpoint on the test split.
   best = restore_best_variables(managers['best'], state.variables, mesh.replicated)
-  test_logits = predict_logits(mesh, model.apply, best,
-                               splits['test'], config.eval_batch_size,
-                               features=features['test'] if use_cache else None,
-                               desc='test')
+  logits = {split: predict_logits(mesh, model.apply, best, splits[split],
+                                  config.eval_batch_size,
+                                  features=features[split] if use_cache else None, desc=split)
+            for split in ('valid', 'test')}  # Valid: what calibration is fitted on.
+  test_logits = logits['test']
   results = {
       'model': config.model, 'split': 'test',
       'metrics': metrics_lib.classification_metrics(splits['test'].labels, test_logits),
@@ -578,7 +585,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'finished_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
   }
   write_json(os.path.join(workdir, 'results.json'), results)
-  write_predictions(os.path.join(workdir, 'predictions_test.csv'), splits['test'], test_logits)
+  for split, split_logits in logits.items():
+    write_predictions(os.path.join(workdir, f'predictions_{split}.csv'), splits[split],
+                      split_logits)
   logging.info('Test: %s', {k: v for k, v in results['metrics'].items() if np.isscalar(v)})
   return results
 

@@ -56,7 +56,7 @@ def tiny_study(tmp_path_factory, synthetic_faces):
   overrides = {'data_dir': str(synthetic_faces), 'tfds_dir': str(workdir / 'tfds')}
   experiments = study.experiment_configs(['custom', 'vgg16'], f'{TINY}:custom', overrides)
   experiments['vgg16'].weights = str(workdir / 'no_vgg16_weights')
-  return workdir, study.run_study(experiments, str(workdir), command='pytest')
+  return workdir, study.run_study(study.sweep_points(experiments), str(workdir), command='pytest')
 
 
 def test_study_runs_each_model_and_records_the_skip(tiny_study):
@@ -87,7 +87,8 @@ def test_rerun_of_one_model_resumes_it_and_keeps_the_others(tiny_study):
   data_dir = json.loads((workdir / 'custom' / 'results.json').read_text())['data_dir']
   experiments = study.experiment_configs(['custom'], f'{TINY}:custom', {
       'data_dir': data_dir, 'tfds_dir': str(workdir / 'tfds')})
-  record = study.run_study(experiments, str(workdir), command='pytest rerun')
+  record = study.run_study(study.sweep_points(experiments), str(workdir),
+                          command='pytest rerun')
   assert {m: e['status'] for m, e in record['experiments'].items()} == {
       'custom': 'done', 'vgg16': 'skipped'}
   assert (workdir / 'custom' / 'metrics.jsonl').read_text() == history  # Nothing retrained.
