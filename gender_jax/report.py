@@ -21,7 +21,10 @@ import numpy as np
 from PIL import Image
 
 from gender_jax import LABELS
+from gender_jax import inference
+from gender_jax import input_pipeline
 from gender_jax import metrics
+from gender_jax import saliency
 from gender_jax import stats
 
 FIGURES = 'figures'
@@ -43,6 +46,10 @@ class Run:
   labels: np.ndarray  # 0/1 per test image.
   p_male: np.ndarray
   entry: dict = dataclasses.field(default_factory=dict)  # Its study.json entry, if any.
+  # Validation labels and P(male) of the best checkpoint (what calibration is fitted on); None
+  # for runs trained before they were kept.
+  valid_labels: np.ndarray | None = None
+  valid_p_male: np.ndarray | None = None
 
   @property
   def predicted(self):
@@ -51,6 +58,29 @@ class Run:
   @property
   def data_dir(self):
     return pathlib.Path(self.results.get('data_dir') or '')
+
+  @property
+  def series(self):
+    """What the run is a point of: its model in a study sweep ('custom/train250_seed0'), else
+    itself."""
+    return self.name.split('/')[0]
+
+  @property
+  def train_images(self):
+    """How many images it trained on: its protocol's train list, else the config's num_train."""
+    listed = self.workdir / 'protocol' / 'train.txt'
+    if listed.exists():
+      return sum(1 for line in listed.read_text().splitlines() if line)
+    return self.results['config']['num_train']
+
+  @property
+  def train_seed(self):
+    config = self.results['config']
+    return config['seed'] if config.get('train_seed', -1) == -1 else config['train_seed']
+
+  @property
+  def best_valid_accuracy(self):
+    return max((e['valid_accuracy'] for e in self.history), default=float('nan'))
 
 
 @dataclasses.dataclass
@@ -86,9 +116,12 @@ def load_run(workdir):
   workdir = pathlib.Path(workdir)
   results = json.loads((workdir / RESULTS_FILE).read_text())
   paths, labels, p_male = _read_predictions(workdir / 'predictions_test.csv')
+  valid = workdir / 'predictions_valid.csv'
+  _, valid_labels, valid_p_male = _read_predictions(valid) if valid.exists() else (None,) * 3
   return Run(name=workdir.name, workdir=workdir, results=results,
              history=_read_jsonl(workdir / 'metrics.jsonl'),
-             paths=paths, labels=labels, p_male=p_male)
+             paths=paths, labels=labels, p_male=p_male,
+             valid_labels=valid_labels, valid_p_male=valid_p_male)
 
 
 def load_study(dirs):
@@ -163,6 +196,95 @@ def comparison_table(study):
   return '\n'.join(lines)
 
 
+# --- Sweeps: sizes and seeds ---------------------------------------------------------------
+
+
+def detail_runs(runs):
+  """One run per series, shown in the per-run sections: its largest training set, first seed."""
+  chosen = {}
+  for run in runs:
+    best = chosen.get(run.series)
+    if best is None or (-run.train_images, run.train_seed) < (-best.train_images,
+                                                               best.train_seed):
+      chosen[run.series] = run
+  return list(chosen.values())
+
+
+def sweep_groups(runs):
+  """{series: {train images: [runs over seeds]}}, sizes ascending."""
+  groups = {}
+  for run in runs:
+    groups.setdefault(run.series, {}).setdefault(run.train_images, []).append(run)
+  return {series: dict(sorted(sizes.items())) for series, sizes in groups.items()}
+
+
+def _mean_sd(values):
+  """Mean and sample standard deviation (0 for a single value)."""
+  values = np.asarray(values, np.float64)
+  return values.mean(), (values.std(ddof=1) if len(values) > 1 else 0.0)
+
+
+def _format_mean_sd(values):
+  mean, sd = _mean_sd(values)
+  return f'{mean:.4f} ± {sd:.4f}' if len(values) > 1 else f'{mean:.4f}'
+
+
+def sweep_table(groups):
+  """Markdown rows of mean ± sd over seeds per series and training-set size."""
+  lines = ['| Model | Train images | Seeds | Test accuracy | Test balanced accuracy | '
+           'Test ROC AUC | Best valid accuracy | Train time (s) |', '|' + '---|' * 8]
+  for series, sizes in groups.items():
+    for size, runs in sizes.items():
+      seeds = ','.join(str(r.train_seed) for r in sorted(runs, key=lambda r: r.train_seed))
+      m = [r.results['metrics'] for r in runs]
+      lines.append(
+          f'| {series} | {size} | {seeds} | {_format_mean_sd([x["accuracy"] for x in m])} | '
+          f'{_format_mean_sd([x.get("balanced_accuracy", np.nan) for x in m])} | '
+          f'{_format_mean_sd([x["roc_auc"] for x in m])} | '
+          f'{_format_mean_sd([r.best_valid_accuracy for r in runs])} | '
+          f'{np.mean([r.results.get("train_seconds", np.nan) for r in runs]):.0f} |')
+  return '\n'.join(lines)
+
+
+def plot_data_efficiency(groups, path):
+  """Test accuracy and ROC AUC against training-set size: mean over seeds, bars of one sd."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, metric, title in zip(axes, ('accuracy', 'roc_auc'), ('test accuracy', 'test ROC AUC')):
+    for i, (series, sizes) in enumerate(groups.items()):
+      xs = np.array(list(sizes))
+      values = [[r.results['metrics'][metric] for r in runs] for runs in sizes.values()]
+      for x, v in zip(xs, values):
+        ax.plot([x] * len(v), v, '.', color=f'C{i}', alpha=0.35)
+      means, sds = zip(*map(_mean_sd, values))
+      ax.errorbar(xs, means, yerr=sds, marker='o', capsize=4, color=f'C{i}',
+                  label=f'{series} ({max(map(len, values))} seeds)')
+    ax.set_xscale('log')
+    ax.set_xticks(sorted({x for sizes in groups.values() for x in sizes}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set(xlabel='training images', ylabel=metric, title=f'{title} (mean ± sd over seeds)')
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def sweep_section(runs, out):
+  """The data-efficiency figure (when a series has several sizes) and the mean ± sd table."""
+  groups = sweep_groups(runs)
+  if all(len(sizes) == 1 and len(next(iter(sizes.values()))) == 1 for sizes in groups.values()):
+    return []  # One run per model: the results table says it all.
+  lines = ['## Data efficiency', '']
+  if any(len(sizes) > 1 for sizes in groups.values()):
+    plot_data_efficiency(groups, out / FIGURES / 'data_efficiency.png')
+    lines += [f'![data_efficiency]({FIGURES}/data_efficiency.png)', '']
+  lines += [sweep_table(groups), '',
+            'Mean ± sample standard deviation over training seeds (initialisation, order and '
+            'jitter); every point is scored on the same test images. Faint dots: single runs.', '']
+  return lines
+
+
 # --- Paired tests --------------------------------------------------------------------------
 
 
@@ -225,6 +347,71 @@ def paired_section(tests, unpaired):
   lines += [''] + [f'- {a} and {b}: not compared, their test images differ.'
                    for a, b in unpaired]
   return lines + ([''] if unpaired else [])
+
+
+# --- Calibration ---------------------------------------------------------------------------
+
+CALIBRATION_BINS = 15
+
+
+def _logits(p_male):
+  """Logits back from the 6-decimal probabilities of a predictions CSV."""
+  p = np.clip(p_male, 1e-6, 1 - 1e-6)
+  return np.log(p) - np.log1p(-p)
+
+
+def calibration(run):
+  """Test ECE and NLL as trained and after temperature scaling fitted on the validation split."""
+  logits = _logits(run.p_male)
+  result = {'ece': stats.expected_calibration_error(run.labels, run.p_male, CALIBRATION_BINS),
+            'nll': stats.binary_nll(run.labels, logits), 'temperature': None}
+  if run.valid_p_male is not None:
+    temperature = stats.fit_temperature(run.valid_labels, _logits(run.valid_p_male))
+    scaled = metrics.sigmoid(logits / temperature)
+    result.update(temperature=temperature, scaled_p_male=scaled,
+                  scaled_ece=stats.expected_calibration_error(run.labels, scaled,
+                                                              CALIBRATION_BINS),
+                  scaled_nll=stats.binary_nll(run.labels, logits / temperature))
+  return result
+
+
+def plot_reliability(runs, calibrations, path):
+  """A reliability diagram per run: share of males against mean P(male) per bin, before and
+  after temperature scaling; the diagonal is perfect calibration."""
+  fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
+  for ax, run in zip(axes[0], runs):
+    c = calibrations[run.name]
+    curves = [('as trained', run.p_male, '-o')]
+    if c['temperature'] is not None:
+      curves.append((f"T = {c['temperature']:.2f}", c['scaled_p_male'], '--s'))
+    for label, p, style in curves:
+      bins = stats.reliability_bins(run.labels, p, CALIBRATION_BINS)
+      used = bins['count'] > 0
+      ax.plot(bins['mean_p_male'][used], bins['fraction_male'][used], style, ms=4, label=label)
+    ax.plot([0, 1], [0, 1], ':', color='gray')
+    ax.set(xlabel='mean P(male) in bin', ylabel='fraction male', title=run.name,
+           xlim=(0, 1), ylim=(0, 1), aspect='equal')
+    ax.legend(fontsize=8, loc='upper left')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def calibration_section(runs, calibrations, out):
+  lines = ['## Calibration', '',
+           f'Expected calibration error ({CALIBRATION_BINS} equal-width bins of P(male)) and '
+           'negative log-likelihood on the test split, as trained and after dividing the logits '
+           'by one temperature fitted on the validation split (which leaves accuracy and ROC AUC '
+           'unchanged).', '',
+           '| Run | Test ECE | Test NLL | Temperature | Test ECE, scaled | Test NLL, scaled |',
+           '|' + '---|' * 6]
+  for run in runs:
+    c = calibrations[run.name]
+    scaled = (f"{c['temperature']:.3f} | {c['scaled_ece']:.4f} | {c['scaled_nll']:.4f}"
+              if c['temperature'] is not None else 'no validation predictions | | ')
+    lines.append(f"| {run.name} | {c['ece']:.4f} | {c['nll']:.4f} | {scaled} |")
+  plot_reliability(runs, calibrations, out / FIGURES / 'reliability.png')
+  return lines + ['', f'![reliability]({FIGURES}/reliability.png)', '']
 
 
 # --- Figures -------------------------------------------------------------------------------
@@ -393,10 +580,12 @@ def _setup_section(study):
   return lines
 
 
-def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8):
+def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8,
+                 temperature_scaling=False, saliency_per_kind=4):
   """Writes out/report.md and out/figures/*.png for the runs in `dirs`; returns report.md's path.
 
-  `data_dir` replaces the runs' own data folder (to show test images on another machine).
+  `data_dir` replaces the runs' own data folder (to show test images on another machine);
+  `temperature_scaling` shows each run's P(male) after the temperature fitted on its valid split.
   """
   study = load_study(dirs)
   if data_dir:
@@ -413,15 +602,27 @@ def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8):
   if random_bases:
     lines += [f'> **WARNING: {", ".join(random_bases)} ran on a RANDOM base, NOT pretrained '
               'weights. Those results say nothing about transfer learning.**', '']
+  lines += sweep_section(runs, out)
   lines += _setup_section(study)
   lines += ['', '## Results', '', comparison_table(study), '']
   if any(run.results['metrics'].get('intervals') for run in runs):
     lines += ['Accuracy and ROC AUC carry their 95% bootstrap interval over the test images '
               '(runs that recorded one).', '']
+  if len(runs) > len(detail_runs(runs)):
+    runs = detail_runs(runs)
+    lines += ['The sections below show one run per model, its largest training set at its first '
+              'seed: ' + ', '.join(run.name for run in runs) + '.', '']
   tests, unpaired = paired_tests(runs)
   (out / PAIRED_FILE).write_text(json.dumps(tests, indent=2))
   if len(runs) >= 2:
     lines += paired_section(tests, unpaired)
+  calibrations = {run.name: calibration(run) for run in runs}
+  if temperature_scaling:
+    for run in runs:
+      if calibrations[run.name]['temperature'] is not None:
+        run.p_male = calibrations[run.name]['scaled_p_male']
+    lines += ['P(male) below is temperature-scaled (see Calibration) where a run kept its '
+              'validation predictions.', '']
   if study.skipped:
     lines += ['## Skipped experiments', '']
     for model, reason in study.skipped.items():
@@ -432,10 +633,76 @@ def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8):
     for name, (heading, plot) in figures.items():
       plot(runs, out / FIGURES / f'{name}.png')
       lines += [heading, '', f'![{name}]({FIGURES}/{name}.png)', '']
+    lines += calibration_section(runs, calibrations, out)
     lines += _image_sections(runs, out, grid_per_class, num_mistakes)
+    if saliency_per_kind:
+      lines += saliency_section(runs, out, saliency_per_kind, data_dir)
   path = out / 'report.md'
   path.write_text('\n'.join(lines) + '\n')
   return path
+
+
+def saliency_indices(run, per_kind):
+  """Test images to explain: a seeded sample of right answers, then the most confident mistakes."""
+  right = np.flatnonzero(run.predicted == run.labels)
+  right = np.random.default_rng(0).permutation(right)[:per_kind]
+  return np.concatenate([right, confident_mistakes(run, per_kind)]).astype(int)
+
+
+def _model_inputs(run, data_dir=None):
+  """The run's trained model and its test images as the model saw them, by path."""
+  trained = inference.load_trained(run.workdir)
+  if data_dir:
+    trained.config.data_dir = str(data_dir)
+  split = input_pipeline.load_splits(trained.config, splits=('test',))['test']
+  return trained, {path: image for path, image in zip(split.paths, split.images)}
+
+
+def plot_saliency(runs, per_kind, path, data_dir=None):
+  """Grad-CAM over a row of right and wrong test faces per run; returns [why] for runs left out."""
+  rows, notes = [], []
+  for run in runs:
+    try:
+      trained, images = _model_inputs(run, data_dir)
+    except (OSError, ValueError) as e:  # No checkpoint, data or detector here: say so, go on.
+      notes.append(f'- {run.name}: not shown: {str(e).splitlines()[0]}')
+      continue
+    indices = [i for i in saliency_indices(run, per_kind) if run.paths[i] in images]
+    faces = np.stack([images[run.paths[i]] for i in indices]) if indices else None
+    cams = (saliency.grad_cam(trained.model, trained.variables, faces) if indices else [])
+    rows.append((run, indices, faces, cams))
+  if not rows:
+    return notes
+  columns = max(1, max(len(r[1]) for r in rows))
+  fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 2.2 * len(rows)),
+                           squeeze=False)
+  for row_axes, (run, indices, faces, cams) in zip(axes, rows):
+    for ax in row_axes:
+      ax.axis('off')
+    for ax, i, face, cam in zip(row_axes, indices, faces if indices else [], cams):
+      wrong = run.predicted[i] != run.labels[i]
+      ax.imshow(saliency.overlay(face, cam))
+      ax.set_title(f'{LABELS[run.predicted[i]]} P(m)={run.p_male[i]:.2f}' +
+                   ('\nWRONG' if wrong else ''), fontsize=8, color='red' if wrong else 'green')
+    row_axes[0].text(-0.15, 0.5, run.name, transform=row_axes[0].transAxes, rotation=90,
+                     ha='right', va='center', fontsize=10, weight='bold')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return notes
+
+
+def saliency_section(runs, out, per_kind, data_dir=None):
+  path = out / FIGURES / 'saliency.png'
+  notes = plot_saliency(runs, per_kind, path, data_dir)
+  lines = ['## What the models look at', '',
+           f'Grad-CAM of the predicted class on the base\'s last feature map, over the model\'s '
+           f'own input (the aligned face where the run aligns): {per_kind} test faces it gets '
+           f'right (a seeded sample), then its {per_kind} most confident mistakes. Red: the '
+           'regions whose features pushed the prediction most.', ''] + notes
+  if len(notes) < len(runs):
+    lines += ['', f'![saliency]({FIGURES}/saliency.png)']
+  return lines + ['']
 
 
 def _image_sections(runs, out, grid_per_class, num_mistakes):
@@ -472,6 +739,8 @@ def define_flags():
   flags.DEFINE_string('out', None, 'Folder for report.md and figures/ (default: the only RUN_DIR).')
   flags.DEFINE_string('data_dir', None, "Face folder to read test images from (default: each "
                       "run's own data_dir).")
+  flags.DEFINE_bool('temperature_scaling', False, "Show P(male) after each run's temperature "
+                    'fitted on its validation split.')
 
 
 def main(argv):
@@ -480,7 +749,8 @@ def main(argv):
     raise app.UsageError('Give one or more RUN_DIRs (run or study directories).')
   if FLAGS.out is None and len(dirs) > 1:
     raise app.UsageError('--out is needed with several RUN_DIRs.')
-  path = write_report(dirs, FLAGS.out or dirs[0], data_dir=FLAGS.data_dir)
+  path = write_report(dirs, FLAGS.out or dirs[0], data_dir=FLAGS.data_dir,
+                      temperature_scaling=FLAGS.temperature_scaling)
   print(f'Wrote {path}')
 
 

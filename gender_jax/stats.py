@@ -170,6 +170,33 @@ def expected_calibration_error(labels, probabilities, num_bins=15):
   return float(np.sum(np.where(bins['count'] > 0, weights * gaps, 0.0)))
 
 
+def binary_nll(labels, logits):
+  """Mean negative log-likelihood of 0/1 labels under sigmoid(logits)."""
+  labels = np.asarray(labels, np.float64)
+  logits = np.asarray(logits, np.float64)
+  return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
+
+
+def fit_temperature(labels, logits, low=1e-2, high=1e2):
+  """The temperature T in [low, high] minimising the NLL of sigmoid(logits / T).
+
+  The NLL is convex in 1/T, so its derivative is monotone: bisection on log(1/T) finds the
+  minimum (or the bound it lies beyond: a set the logits separate perfectly wants T -> 0).
+  """
+  labels = np.asarray(labels, np.float64)
+  logits = np.asarray(logits, np.float64)
+  slope = lambda beta: np.mean(logits * (1 / (1 + np.exp(-beta * logits)) - labels))
+  lo, hi = math.log(1 / high), math.log(1 / low)
+  if slope(math.exp(lo)) >= 0:
+    return high
+  if slope(math.exp(hi)) <= 0:
+    return low
+  for _ in range(100):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if slope(math.exp(mid)) < 0 else (lo, mid)
+  return float(1 / math.exp((lo + hi) / 2))
+
+
 def _accuracies(labels, correct):
   """(accuracy, balanced accuracy): the mean over the classes present, as metrics does."""
   per_class = [correct[labels == c].mean() for c in (0, 1) if np.any(labels == c)]

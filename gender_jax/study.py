@@ -117,7 +117,11 @@ def _finished(config, workdir):
   if not os.path.exists(path):
     return False
   with open(path) as f:
-    return json.load(f)['config'] == config.to_dict()
+    recorded = json.load(f)['config']
+  requested = json.loads(json.dumps(config.to_dict()))  # Tuples as the record's lists.
+  if not requested['face_template']:  # Derived from the training faces, then recorded.
+    requested['face_template'] = recorded.get('face_template')
+  return recorded == requested
 
 
 def machine():

@@ -59,7 +59,8 @@ def write_fake_run(workdir, data_dir, rows, model='custom', weights=None, epochs
       'best_epoch': epochs, 'num_epochs': epochs, 'train_seconds': 6.0, 'feature_seconds': 1.0,
       'total_seconds': 8.0, 'train_images_per_second': 100.0,
       'params': {'trainable': 1234, 'total': 5678}, 'weights': weights,
-      'data_dir': str(data_dir), 'config': {'model': model, 'image_size': 32},
+      'data_dir': str(data_dir), 'config': {'model': model, 'image_size': 32, 'num_train': 24, 'seed': 0,
+                                         'train_seed': -1},
       'git_commit': None, 'devices': '4 x cpu'}
   (workdir / 'results.json').write_text(json.dumps(results))
   (workdir / 'config.json').write_text(json.dumps(results['config']))

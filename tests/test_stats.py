@@ -339,3 +339,19 @@ def test_a_csv_whose_labels_disagree_with_the_folder_is_an_error(run_dir, eval_f
 def test_labels_csv_needs_a_folder(run_dir, eval_folder):
   with pytest.raises(evaluate.LabelsCsvError, match='needs --folder'):
     evaluate.evaluate(str(run_dir), split='test', labels_csv=str(eval_folder[1]))
+
+
+def test_fitted_temperature_minimises_the_nll_and_recovers_a_known_one():
+  rng = np.random.default_rng(0)
+  true_logits = rng.normal(0, 2, 20000)
+  labels = (rng.random(20000) < 1 / (1 + np.exp(-true_logits))).astype(int)
+  temperature = stats.fit_temperature(labels, 3.0 * true_logits)  # Overconfident by 3x.
+  assert temperature == pytest.approx(3.0, rel=0.05)
+  best = stats.binary_nll(labels, 3.0 * true_logits / temperature)
+  for other in (temperature * 0.9, temperature * 1.1):
+    assert best < stats.binary_nll(labels, 3.0 * true_logits / other)
+
+
+def test_perfectly_separated_logits_want_the_smallest_temperature():
+  assert stats.fit_temperature([0, 0, 1, 1], [-2.0, -1.0, 1.0, 3.0]) == 1e-2
+  assert stats.fit_temperature([1, 1, 0, 0], [-2.0, -1.0, 1.0, 3.0]) == 1e2  # Wrong way round.

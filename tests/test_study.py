@@ -15,9 +15,10 @@ from gender_jax import study
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / 'configs' / 'tiny.py')
 SECTIONS = ('## Setup', '## Results', '## Skipped experiments', '## Learning curves',
-            '## Confusion matrices and ROC curves', '## Test predictions',
-            '## Most confident mistakes')
-FIGURES = ('learning_curves', 'confusion_roc', 'test_samples', 'confident_mistakes')
+            '## Confusion matrices and ROC curves', '## Calibration', '## Test predictions',
+            '## Most confident mistakes', '## What the models look at')
+FIGURES = ('learning_curves', 'confusion_roc', 'reliability', 'test_samples', 'confident_mistakes',
+           'saliency')
 
 
 def test_command_line_fields_override_each_models_own_config():
@@ -107,3 +108,50 @@ def test_command_line_skips_missing_weights_with_the_commands(tmp_path, syntheti
   assert record['experiments']['vgg16']['status'] == 'skipped'
   assert '--models=vgg16' in record['command']
   assert '## Skipped experiments' in (tmp_path / 'study' / 'report.md').read_text()
+
+
+def test_sweep_points_cover_every_size_and_seed_seed_by_seed():
+  experiments = study.experiment_configs(['custom', 'vgg16'], f'{TINY}:custom', {})
+  points = study.sweep_points(experiments, sizes=[32, 16], seeds=[3, 4])
+  assert [p.name for p in points] == [
+      'custom/train16_seed3', 'vgg16/train16_seed3', 'custom/train32_seed3', 'vgg16/train32_seed3',
+      'custom/train16_seed4', 'vgg16/train16_seed4', 'custom/train32_seed4', 'vgg16/train32_seed4']
+  assert all(p.config.num_train == int(p.name.split('train')[1].split('_')[0]) for p in points)
+  assert all(p.config.seed == 0 for p in points)  # The protocol's seed stays.
+  assert experiments['custom'].train_seed == -1  # The experiments are not changed.
+
+
+def test_a_sweep_stopped_part_way_finishes_only_its_missing_points(
+    tmp_path, synthetic_faces, monkeypatch):
+  experiments = study.experiment_configs(['custom'], f'{TINY}:custom', {
+      'data_dir': str(synthetic_faces), 'tfds_dir': str(tmp_path / 'tfds'), 'num_epochs': 1})
+  points = study.sweep_points(experiments, sizes=[16, 32], seeds=[0, 1])
+  trained = []
+  train_and_evaluate = study.train.train_and_evaluate
+
+  def stopped_after_two(config, workdir):
+    if len(trained) == 2:
+      raise KeyboardInterrupt  # Ctrl-C during the third point.
+    trained.append(workdir)
+    return train_and_evaluate(config, workdir)
+
+  monkeypatch.setattr(study.train, 'train_and_evaluate', stopped_after_two)
+  with pytest.raises(KeyboardInterrupt):
+    study.run_study(points, str(tmp_path / 'sweep'))
+  monkeypatch.setattr(study.train, 'train_and_evaluate',
+                      lambda c, w: trained.append(w) or train_and_evaluate(c, w))
+  record = study.run_study(points, str(tmp_path / 'sweep'))
+  names = [os.path.relpath(w, tmp_path / 'sweep') for w in trained]
+  assert names == [p.name for p in points]  # Each point trained once, over the two runs.
+  assert {e['status'] for e in record['experiments'].values()} == {'done'}
+  protocol = lambda p, split: (tmp_path / 'sweep' / p / 'protocol' / f'{split}.txt').read_text()
+  assert protocol('custom/train16_seed0', 'test') == protocol('custom/train32_seed1', 'test')
+  assert len(protocol('custom/train32_seed1', 'train').splitlines()) == 32
+
+  text = (tmp_path / 'sweep' / 'report.md').read_text()
+  assert text.index('## Data efficiency') < text.index('## Results')
+  assert '| custom | 16 | 0,1 |' in text and '| custom | 32 | 0,1 |' in text
+  assert 'one run per model, its largest training set at its first seed: custom/train32_seed0' \
+      in text
+  with Image.open(tmp_path / 'sweep' / 'figures' / 'data_efficiency.png') as image:
+    assert np.asarray(image.convert('L')).std() > 0
