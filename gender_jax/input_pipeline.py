@@ -44,9 +44,16 @@ class Split:
   source_dir: str
   bad_files: list = dataclasses.field(default_factory=list)  # (path, reason) left out.
   no_face: list = dataclasses.field(default_factory=list)  # Paths where no face was found.
+  records: 'Records | None' = None  # Where its images are cached, for caches derived from them.
 
   def __len__(self):
     return len(self.labels)
+
+  def take(self, positions):
+    """The split's examples at `positions` (no records: a part is not a protocol's split)."""
+    return dataclasses.replace(self, images=self.images[positions],
+                               labels=self.labels[positions],
+                               paths=[self.paths[i] for i in positions], records=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,13 +107,24 @@ def _input_key(config, detector_id=None):
   return key
 
 
+class Records(NamedTuple):
+  """A split's examples as records of its dataset, and the cache of their model inputs."""
+  cache: str  # Path prefix of the decoded images' cache: one row per record of `count`.
+  count: int  # Records in the dataset split.
+  rows: np.ndarray  # The split's examples' records, in the split's order.
+
+
+def _cache_base(builder, split, key):
+  return os.path.join(os.fspath(builder.data_dir), f'decoded-{split}-{key}')
+
+
 def _cached_images(builder, split, rows, size, key, convert):
   """The (size, size) images of records `rows` of a built split, made by `convert` once per key.
 
   The cache lives in the dataset's folder (named by the folder's fingerprint) and holds every
   record of the split, filled in as protocols ask for them, with a mask of the filled ones.
   """
-  base = os.path.join(os.fspath(builder.data_dir), f'decoded-{split}-{key}')
+  base = _cache_base(builder, split, key)
   num_records = builder.info.splits[split].num_examples
   with face_dataset.locked(base + '.lock'):
     if os.path.exists(base + '.done.npy'):  # Saved last, so the images before it are whole.
@@ -362,11 +380,13 @@ def _load(config, workdir, splits):
   loaded, face_lines = {}, []
   for name, (source, _, rows) in drawn.items():
     paths, labels = index[source]
-    images = _cached_images(
-        builder, source, rows, config.image_size, _input_key(config, detector_id),
-        _converter(config, *(marks[name][:2] if marks else ())))
+    key = _input_key(config, detector_id)
+    images = _cached_images(builder, source, rows, config.image_size, key,
+                            _converter(config, *(marks[name][:2] if marks else ())))
     split = Split(name=name, images=images, labels=labels[rows], paths=[paths[r] for r in rows],
-                  source_dir=builder.info.metadata['source_dir'])
+                  source_dir=builder.info.metadata['source_dir'],
+                  records=Records(_cache_base(builder, source, key),
+                                  builder.info.splits[source].num_examples, rows))
     if marks:
       found = marks[name].found[rows]
       if workdir:
@@ -384,6 +404,8 @@ def _missing_faces(split, found, how):
   if how == 'drop':
     split.images, split.labels = split.images[found], split.labels[found]
     split.paths = [p for p, f in zip(split.paths, found) if f]
+    if split.records:
+      split.records = split.records._replace(rows=split.records.rows[found])
   return split
 
 

@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags

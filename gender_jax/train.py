@@ -5,7 +5,6 @@ device mesh, feature caching, checkpoints, the epoch loop, and the final test ev
 """
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -27,6 +26,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from gender_jax import feature_cache
 from gender_jax import input_pipeline
 from gender_jax import metrics as metrics_lib
 from gender_jax import models
@@ -298,8 +298,7 @@ def predict_logits(mesh, apply_fn, variables, split, batch_size, features=None, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Feature caching: a frozen base runs once per split (and once on flipped images, so flip
-# augmentation stays exact); the head then trains on memory-mapped features.
+# A frozen base runs once per image (and mirror image); the head trains on its features.
 # ---------------------------------------------------------------------------------------------
 def extract_features(mesh, apply_fn, variables, split, batch_size, flip=False, desc=None):
   """Base features of every example of a split, as float32 numpy (N, h, w, c)."""
@@ -313,46 +312,15 @@ def extract_features(mesh, apply_fn, variables, split, batch_size, flip=False, d
   return features.astype(np.float32)
 
 
-def features_key(config, weights_meta, splits):
-  """What cached features depend on: weights, image geometry, dtype and the chosen files."""
-  blob = json.dumps({
-      'weights': weights_meta, 'image_size': config.image_size, 'resize': config.resize,
-      'dtype': config.compute_dtype, 'files': {n: s.paths for n, s in sorted(splits.items())},
-  }, sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def cached_features(mesh, apply_fn, variables, splits, config, workdir, weights_meta):
-  """{name: features} for each split (plus 'train_flip'), computed once into workdir/features.
-
-  Arrays are written to a temporary file and renamed, so a killed run never leaves a torn cache.
-  """
-  folder = os.path.join(workdir, 'features', features_key(config, weights_meta, splits)[:16])
-  jobs = [(name, name, False) for name in splits]
-  if config.augment_flip:
-    jobs.append(('train_flip', 'train', True))
-  cache = {}
-  for name, split_name, flip in jobs:
-    path = os.path.join(folder, f'{name}.npy')
-    if not os.path.exists(path):
-      array = extract_features(mesh, apply_fn, variables, splits[split_name],
-                               config.eval_batch_size, flip=flip, desc=f'features {name}')
-      if jax.process_index() == 0:
-        os.makedirs(folder, exist_ok=True)
-        np.save(path + '.tmp.npy', array)
-        os.replace(path + '.tmp.npy', path)
-      multihost_utils.sync_global_devices(f'features {name}')
-    cache[name] = np.load(path, mmap_mode='r')
-  return cache
-
-
-def feature_batch(batch, features):
-  """Swaps a train batch's images for the cached features of the same (maybe flipped) faces."""
-  index = batch['index']
-  picked = features['train'][index]
-  if 'train_flip' in features:
-    picked = np.where(batch['flip'][:, None, None, None], features['train_flip'][index], picked)
-  return {'features': picked, 'label': batch['label']}
+def frozen_base_features(mesh, model, variables, splits, config, weights_meta):
+  """{split: features} of the frozen base, from (and into) the dataset's shared feature cache."""
+  base = {collection: tree['base'] for collection, tree in variables.items() if 'base' in tree}
+  key = feature_cache.fingerprint(base, model=config.model, dtype=config.compute_dtype,
+                                  preprocessing=weights_meta['preprocessing'])
+  encode = lambda split, flip: extract_features(
+      mesh, model.apply, variables, split, config.eval_batch_size, flip=flip,
+      desc=f'features {split.name}{" (flipped)" if flip else ""}')
+  return feature_cache.cached_features(splits, key, config.augment_flip, encode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,8 +474,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Features of a frozen base, computed once.
   use_cache = config.cache_features and base_is_frozen(config)
   feature_start = time.time()
-  features = (cached_features(mesh, model.apply, state.variables, splits, config, workdir,
-                              weights_meta) if use_cache else None)
+  features = (frozen_base_features(mesh, model, state.variables, splits, config, weights_meta)
+              if use_cache else None)
   feature_seconds = time.time() - feature_start
 
   step = jit_train_step(mesh, stop_base_gradient=base_is_frozen(config))
@@ -522,7 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with tqdm.tqdm(total=steps_per_epoch, desc=f'epoch {epoch}/{config.num_epochs}',
                    disable=jax.process_index() != 0) as bar:
       for batch in batches:
-        batch = feature_batch(batch, features) if use_cache else {
+        batch = feature_cache.feature_batch(batch, features) if use_cache else {
             'image': batch['image'], 'label': batch['label']}
         state, batch_sums = step(state, mesh.shard_batch(batch))
         sums.append(batch_sums)

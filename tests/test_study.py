@@ -155,3 +155,29 @@ def test_a_sweep_stopped_part_way_finishes_only_its_missing_points(
       in text
   with Image.open(tmp_path / 'sweep' / 'figures' / 'data_efficiency.png') as image:
     assert np.asarray(image.convert('L')).std() > 0
+
+
+def test_a_sweep_runs_the_frozen_base_once_per_image(
+    tmp_path, synthetic_faces, converted_weights, monkeypatch):
+  experiments = study.experiment_configs(['vggface'], f'{TINY}:vggface', {
+      'data_dir': str(synthetic_faces), 'tfds_dir': str(tmp_path / 'tfds'), 'num_epochs': 1,
+      'weights': str(converted_weights['vggface'])})
+  encoded = {False: [], True: []}  # Paths the base ran on, unflipped and flipped.
+  extract_features = study.train.extract_features
+
+  def counted(mesh, apply_fn, variables, split, batch_size, flip=False, desc=None):
+    encoded[flip].extend(split.paths)
+    return extract_features(mesh, apply_fn, variables, split, batch_size, flip, desc)
+
+  monkeypatch.setattr(study.train, 'extract_features', counted)
+  points = study.sweep_points(experiments, sizes=[8, 16], seeds=[0, 1])
+  record = study.run_study(points, str(tmp_path / 'sweep'))
+  assert {e['status'] for e in record['experiments'].values()} == {'done'}
+
+  listed = lambda point, split: {line.split('\t')[0] for line in (
+      tmp_path / 'sweep' / point / 'protocol' / f'{split}.txt').read_text().splitlines()}
+  train_images = listed('vggface/train8_seed0', 'train') | listed('vggface/train16_seed0', 'train')
+  evaluated = listed('vggface/train8_seed0', 'valid') | listed('vggface/train8_seed0', 'test')
+  assert sorted(encoded[True]) == sorted(train_images)  # Each mirror image once.
+  assert sorted(encoded[False]) == sorted(train_images | evaluated)  # Each image once.
+  assert len(train_images) > 16  # Two draws: the second size needed new images.

@@ -1,0 +1,101 @@
+"""Features of a frozen base, computed once per image and shared by every run that can use them.
+
+A run on a frozen pretrained base trains only its head, on the base's features of each image
+(and of its mirror image, so flip augmentation stays exact). The features are kept beside the
+dataset's decoded images, one row per dataset record, filled in as runs ask for them: every size
+and seed of a study, and any later run of the same base on the same inputs, reads them instead of
+running the base again.
+"""
+import contextlib
+import hashlib
+import json
+import os
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from gender_jax import face_dataset
+
+
+class Rows:
+  """A split's rows of a per-record array on disk: indexing reads only the rows asked for."""
+
+  def __init__(self, array, rows):
+    self.array, self.rows = array, rows
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, index):
+    return np.asarray(self.array[self.rows[index]])
+
+
+def _host_array(leaf):
+  # A replicated global array is not fully addressable on several hosts: read the local copy.
+  return np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+
+
+def fingerprint(base_variables, **settings):
+  """What features depend on besides the images: the base's values, and settings of how it runs."""
+  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+  for path, leaf in jax.tree_util.tree_leaves_with_path(base_variables):
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.ascontiguousarray(_host_array(leaf)).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def cached_features(splits, key, flip_train, encode):
+  """{name: features} of each split, plus 'train_flip' (the mirrored training images) if asked.
+
+  encode(split, flip) -> float32 (N, ...) runs the base over a split's examples; it sees only the
+  examples no earlier run encoded with this key. Splits not drawn from a dataset (no records)
+  are encoded in memory.
+  """
+  jobs = [(name, name, False) for name in splits]
+  if flip_train:
+    jobs.append(('train_flip', 'train', True))
+  return {name: _features(splits[source], f'{key}-flip' if flip else key,
+                          lambda split, flip=flip: encode(split, flip))
+          for name, source, flip in jobs}
+
+
+def _features(split, key, encode):
+  """Rows of split's records from the cache named key, encoding the records it lacks."""
+  records = split.records
+  if records is None:
+    return encode(split)
+  base = f'{records.cache}.features-{key}'
+  lead = jax.process_index() == 0  # Decides what to encode and writes; every process encodes.
+  with face_dataset.locked(base + '.lock') if lead else contextlib.nullcontext():
+    done = np.zeros(records.count, bool)
+    if lead and os.path.exists(base + '.done.npy'):  # Saved last: the rows before it are whole.
+      done = np.load(base + '.done.npy')
+    if jax.process_count() > 1:
+      done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+    todo = np.flatnonzero(~done[records.rows])
+    if len(todo):
+      features = encode(split.take(todo))
+      if lead:
+        if os.path.exists(base + '.npy'):
+          array = np.load(base + '.npy', mmap_mode='r+')
+        else:
+          array = np.lib.format.open_memmap(base + '.npy', 'w+', np.float32,
+                                            (records.count, *features.shape[1:]))
+        array[records.rows[todo]] = features
+        array.flush()
+        done[records.rows[todo]] = True
+        np.save(base + '.done.tmp.npy', done)
+        os.replace(base + '.done.tmp.npy', base + '.done.npy')
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'features {base}')
+  return Rows(np.load(base + '.npy', mmap_mode='r'), records.rows)
+
+
+def feature_batch(batch, features):
+  """Swaps a train batch's images for the cached features of the same (maybe flipped) faces."""
+  index = batch['index']
+  picked = features['train'][index]
+  if 'train_flip' in features:
+    picked = np.where(batch['flip'][:, None, None, None], features['train_flip'][index], picked)
+  return {'features': picked, 'label': batch['label']}
