@@ -349,6 +349,54 @@ def paired_section(tests, unpaired):
   return lines + ([''] if unpaired else [])
 
 
+# --- Groups of people ------------------------------------------------------------------------
+
+
+def group_evaluations(run):
+  """The run's evaluations with per-group metrics (evaluate --labels_csv), by file name."""
+  found = {}
+  for path in sorted(run.workdir.glob('eval_*.json')):
+    result = json.loads(path.read_text())
+    if result.get('groups'):
+      found[path.stem] = result
+  return found
+
+
+def groups_section(runs, out):
+  """Accuracy per group (age, race, ...) of every evaluation that had a labels CSV."""
+  lines = []
+  for run in runs:
+    for name, result in group_evaluations(run).items():
+      m = result['metrics']
+      lines += [f"**{run.name}** on `{result['evaluated']}` ({m['num_examples']} images, "
+                f"accuracy {m['accuracy']:.4f}, balanced accuracy "
+                f"{m.get('balanced_accuracy', float('nan')):.4f}; labels "
+                f"`{result.get('labels_csv')}`):", '']
+      for column, g in result['groups'].items():
+        gap = g['largest_gap']
+        lines += [f"By {column}: " + (
+            f"largest accuracy gap {gap['gap']:.4f} ({gap['highest']} vs {gap['lowest']}, "
+            f"groups of at least {gap['min_count']} images)." if gap else
+            'fewer than two groups large enough to compare.'), '',
+                  f'| {column} | Images | Accuracy [95% CI] | Balanced accuracy |',
+                  '|---|---|---|---|']
+        for group, gm in g['groups'].items():
+          low, high = gm['accuracy_interval']
+          lines.append(f"| {group} | {gm['count']} | {gm['accuracy']:.4f} [{low:.4f}, "
+                       f"{high:.4f}] | {gm['balanced_accuracy']:.4f} |")
+        lines.append('')
+      figure = pathlib.Path(result.get('groups_figure') or '')
+      if figure.is_file():
+        copy = f"{run.name.replace('/', '_')}_{name}_groups.png"
+        (out / FIGURES / copy).write_bytes(figure.read_bytes())
+        lines += [f'![{copy}]({FIGURES}/{copy})', '']
+  if not lines:
+    return []
+  return ['## Accuracy by group', '',
+          'From `python -m gender_jax.evaluate --workdir=RUN --folder=FOLDER --labels_csv=CSV`: '
+          'each column of the CSV splits the images into groups.', ''] + lines
+
+
 # --- Calibration ---------------------------------------------------------------------------
 
 CALIBRATION_BINS = 15
@@ -616,6 +664,7 @@ def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8,
   (out / PAIRED_FILE).write_text(json.dumps(tests, indent=2))
   if len(runs) >= 2:
     lines += paired_section(tests, unpaired)
+  lines += groups_section(runs, out)
   calibrations = {run.name: calibration(run) for run in runs}
   if temperature_scaling:
     for run in runs:
@@ -628,12 +677,12 @@ def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8,
     for model, reason in study.skipped.items():
       lines += [f'- **{model}**: skipped.', '', '```', reason, '```', '']
   if runs:
+    lines += calibration_section(runs, calibrations, out)
     figures = {'learning_curves': ('## Learning curves', plot_learning_curves),
                'confusion_roc': ('## Confusion matrices and ROC curves', plot_confusion_and_roc)}
     for name, (heading, plot) in figures.items():
       plot(runs, out / FIGURES / f'{name}.png')
       lines += [heading, '', f'![{name}]({FIGURES}/{name}.png)', '']
-    lines += calibration_section(runs, calibrations, out)
     lines += _image_sections(runs, out, grid_per_class, num_mistakes)
     if saliency_per_kind:
       lines += saliency_section(runs, out, saliency_per_kind, data_dir)

@@ -14,6 +14,7 @@ from conftest import write_synthetic_faces
 from gender_jax import evaluate
 from gender_jax import inference
 from gender_jax import metrics
+from gender_jax import report
 from gender_jax import stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -280,6 +281,20 @@ def test_groups_are_the_metrics_of_each_csv_column(run_dir, eval_folder, monkeyp
   table = evaluate.format_table(result)
   assert 'by age: largest accuracy gap 0.4545 (40-49 vs 20-29' in table
   assert '  80+' in table and '  white' in table
+
+
+def test_report_shows_each_evaluations_groups(run_dir, eval_folder, monkeypatch, tmp_path):
+  folder, labels_csv, rows = eval_folder
+  logits = np.array([1.0 if r['male'] else -1.0 for r in rows])
+  logits[:10] *= -1
+  monkeypatch.setattr(inference, 'predict_logits', lambda *_: logits)
+  evaluate.evaluate(str(run_dir), folder=str(folder), labels_csv=str(labels_csv))
+  text = report.write_report([run_dir], tmp_path, saliency_per_kind=0).read_text()
+  section = text[text.index('## Accuracy by group'):text.index('## Calibration')]
+  assert 'By age: largest accuracy gap 0.4545 (40-49 vs 20-29' in section
+  assert '| 20-29 | 22 | 0.5455 [' in section and '| white | 25 | 0.8000 [' in section
+  assert f'(figures/{run_dir.name}_eval_test_groups.png)' in section
+  assert (tmp_path / 'figures' / f'{run_dir.name}_eval_test_groups.png').is_file()
 
 
 def test_evaluate_command_line_prints_groups_and_intervals(run_dir, eval_folder):
