@@ -1,6 +1,7 @@
 """A TFDS dataset built from a folder of face images sorted into male/female sub-folders.
 
-The folder is scanned, every image is decoded once to check it, and the good ones are written as
+The folder is scanned, files not named as images (hidden ones, README.txt, Thumbs.db...) are
+skipped and counted, every image is decoded once to check it, and the good ones are written as
 ArrayRecord under `tfds_dir`, read back with `as_data_source` (no TensorFlow needed). Each example
 keeps the file's bytes verbatim (lossless and about 10x smaller than decoded pixels, which are
 cached per image size by the input pipeline), its label and its path relative to the folder. The
@@ -9,6 +10,7 @@ changed folder gets a fresh build and an unchanged one is reused; the folder is 
 """
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import io
@@ -25,6 +27,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from gender_jax import LABELS
+from gender_jax import UserError
 
 # A truncated JPEG must fail to decode, not come back with grey rows, even if some other import
 # switched Pillow to tolerate it.
@@ -44,6 +47,15 @@ CLASS_NAMES = {
     'male': ('male', 'males', 'man', 'men'),
 }
 REPORT_NAME = 'bad_files.txt'
+# Extensions (any case) of the files looked at; everything else in a class folder is skipped.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+SKIPPED_SHOWN = 10  # Skipped names kept in the dataset's metadata; all of them are counted.
+# What a file that Pillow cannot identify starts with: (offset, bytes, what it is).
+_IMAGE_SIGNATURES = ((0, b'\xff\xd8\xff', 'JPEG'), (0, b'\x89PNG', 'PNG'), (0, b'GIF8', 'GIF'),
+                     (8, b'WEBP', 'WebP'), (0, b'II*\0', 'TIFF'), (0, b'MM\0*', 'TIFF'))
+_OTHER_SIGNATURES = ((0, b'%PDF', 'a PDF'), (0, b'PK\x03\x04', 'a ZIP archive'),
+                     (0, b'\x1f\x8b', 'a gzip archive'), (4, b'ftyp', 'an HEIC photo or a video'))
+_TEXT_BYTES = bytes(range(32, 256)) + b'\t\n\r\f'
 
 # Every config of this builder is made per folder, so tfds' "Using custom data configuration"
 # warning on each load says nothing.
@@ -51,7 +63,7 @@ logging.getLogger('absl').addFilter(
     lambda record: not record.getMessage().startswith('Using custom data configuration'))
 
 
-class FolderError(ValueError):
+class FolderError(UserError, ValueError):
   """The face folder cannot be used as it is; the message says why and what to change."""
 
 
@@ -67,15 +79,28 @@ class FolderScan:
   split_dirs: dict  # split -> its folder's name as found ('' for a flat folder).
   examples: dict  # split (or UNSPLIT) -> list of (relative path, label), sorted by path.
   fingerprint: str  # sha256 of the relative paths, sizes and mtimes of every file.
+  skipped: list  # Relative paths not named as images (a folder's ends with '/'), sorted.
 
 
 def _accepted(names):
   return ', '.join(f'{k} ({"/".join(v)})' for k, v in names.items())
 
 
+def _is_dir(entry):
+  try:
+    return entry.is_dir()
+  except OSError:  # A symbolic link loop: no folder to look into.
+    return False
+
+
+def _few(names, shown=5):
+  more = len(names) - shown
+  return ', '.join(names[:shown]) + (f' and {more} more' if more > 0 else '')
+
+
 def _match(root, names, what):
   """Maps the sub-folders of `root` onto the keys of `names`; unknown or doubled names fail."""
-  found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith('.'))
+  found = sorted(e.name for e in os.scandir(root) if _is_dir(e) and not e.name.startswith('.'))
   lookup = {alias: key for key, aliases in names.items() for alias in aliases}
   matched, unknown = {}, []
   for name in found:
@@ -90,21 +115,33 @@ def _match(root, names, what):
   return found, matched, unknown
 
 
-def _walk(root, rel):
-  """Yields (relative path, size, mtime) of the files under root/rel, hidden ones skipped."""
+def _walk(root, rel, skipped, parents):
+  """Yields (relative path, size, mtime) of the image files under root/rel.
+
+  Hidden entries and files without an image extension are appended to `skipped` instead. A link
+  to a folder enclosing one of `parents` (real paths of the folders walked) is yielded as a file,
+  which read_file reports as a loop; broken links and link loops are yielded with size -1.
+  """
   for entry in os.scandir(os.path.join(root, rel)):
-    if entry.name.startswith('.'):  # .DS_Store and friends: file-system metadata, not images.
-      continue
-    entry_rel = os.path.join(rel, entry.name)
-    if entry.is_dir():
-      yield from _walk(root, entry_rel)
+    entry_rel, is_dir = os.path.join(rel, entry.name), _is_dir(entry)
+    real = os.path.realpath(entry.path) if is_dir else None
+    if entry.name.startswith('.') or not (is_dir or entry.name.lower().endswith(IMAGE_EXTENSIONS)):
+      skipped.append(entry_rel + ('/' if is_dir else ''))
+    elif is_dir and not any(os.path.commonpath([real, p]) == real for p in parents):
+      yield from _walk(root, entry_rel, skipped, parents + (real,))
     else:
-      stat = entry.stat()
-      yield entry_rel, stat.st_size, stat.st_mtime_ns
+      try:
+        stat = entry.stat()
+        yield entry_rel, stat.st_size, stat.st_mtime_ns
+      except OSError:
+        yield entry_rel, -1, 0
 
 
-def _class_files(root, split_rel):
-  """Lists (relative path, label, size, mtime) of every file under root/split_rel/{male,female}."""
+def _class_files(root, split_rel, skipped):
+  """Lists (relative path, label, size, mtime) of the images under root/split_rel/{male,female}.
+
+  Appends the paths of the files skipped there to `skipped`.
+  """
   split_path = os.path.join(root, split_rel)
   found, classes, unknown = _match(split_path, CLASS_NAMES, 'class')
   if unknown or len(classes) < len(CLASS_NAMES):
@@ -116,11 +153,16 @@ def _class_files(root, split_rel):
   files = []
   for label, cls in enumerate(LABELS):
     class_rel = os.path.join(split_rel, classes[cls])
-    class_files = [(rel, label, size, mtime) for rel, size, mtime in _walk(root, class_rel)]
+    class_path, class_skipped = os.path.join(root, class_rel), []
+    class_files = [(rel, label, size, mtime) for rel, size, mtime in
+                   _walk(root, class_rel, class_skipped, (os.path.realpath(class_path),))]
     if not class_files:
-      raise FolderError(f'Class folder {os.path.join(root, class_rel)} is empty: every split '
-                        f'needs images of both classes.')
+      raise FolderError(
+          f'Class folder {class_path} ' + (
+              f'holds no image files ({"/".join(IMAGE_EXTENSIONS)}), only {_few(class_skipped)}'
+              if class_skipped else 'is empty') + ': every split needs images of both classes.')
     files += class_files
+    skipped += class_skipped
   return files
 
 
@@ -148,13 +190,16 @@ def scan_folder(path):
         f'{root} is not a face folder: found sub-folders {found or "none"}. Expected split '
         f'folders {_accepted(SPLIT_NAMES)}, each with class folders, or class folders '
         f'{_accepted(CLASS_NAMES)} directly (any case).')
-  examples, digest = {}, hashlib.sha256(layout.encode())
+  examples, skipped, digest = {}, [], hashlib.sha256(layout.encode())
   for split, split_rel in sorted(splits.items(), key=lambda kv: (*SPLITS, UNSPLIT).index(kv[0])):
-    files = sorted(_class_files(root, split_rel))
+    files = sorted(_class_files(root, split_rel, skipped))
     examples[split] = [(rel, label) for rel, label, _, _ in files]
     for rel, _, size, mtime in files:
       digest.update(f'{rel}\0{size}\0{mtime}\n'.encode())
-  return FolderScan(root, layout, splits, examples, digest.hexdigest())
+  skipped.sort()
+  for rel in skipped:  # Names only, as the metadata lists: rewriting a .DS_Store needs no rebuild.
+    digest.update(f'{rel}\0skipped\n'.encode())
+  return FolderScan(root, layout, splits, examples, digest.hexdigest(), skipped)
 
 
 def to_rgb(image):
@@ -173,18 +218,41 @@ def to_rgb(image):
   return image if image.mode == 'RGB' else image.convert('RGB')
 
 
+def _starts_as(data, signatures):
+  return next((name for at, magic, name in signatures if data[at:at + len(magic)] == magic), None)
+
+
+def _unidentified(data):
+  """Why Pillow found no image in `data`, from what the file looks like instead."""
+  image_format, other = _starts_as(data, _IMAGE_SIGNATURES), _starts_as(data, _OTHER_SIGNATURES)
+  if image_format:
+    return f'damaged {image_format} (starts like one, but Pillow cannot open it)'
+  if not other and not data[:512].translate(None, _TEXT_BYTES):
+    return 'a text file, not an image'
+  return (f'not an image Pillow can read (starts with bytes {data[:4].hex(" ")}'
+          + (f': {other}?)' if other else ')'))
+
+
 def decode_rgb(data):
   """Decodes an image file's bytes to an RGB Pillow image; raises BadImageError saying why not."""
   if not data:
     raise BadImageError('empty file (0 bytes)')
+  image_format = _starts_as(data, _IMAGE_SIGNATURES) or 'image'  # If Image.open fails midway.
   try:
     with Image.open(io.BytesIO(data)) as image:
+      image_format = image.format or image_format
       image.load()  # Image.open only reads the header; truncation shows up here.
       return to_rgb(image)
+  except Image.UnidentifiedImageError as e:
+    raise BadImageError(_unidentified(data)) from e
   # Pillow reports malformed files with many exception types (OSError, SyntaxError, struct.error,
   # ValueError, ...); any of them means this file cannot be used.
   except Exception as e:  # pylint: disable=broad-except
-    raise BadImageError(f'{type(e).__name__}: {e}') from e
+    message = re.sub(r'\s*<[^>]* at 0x[0-9a-f]+>', '', str(e)).strip()  # No object reprs.
+    if isinstance(e, EOFError) or 'truncated' in message.lower():
+      raise BadImageError(f'truncated {image_format} (decodes partly)') from e
+    raise BadImageError(f'damaged {image_format}'
+                        + (f' (Pillow: {message})' if message else '')) from e
 
 
 @dataclasses.dataclass
@@ -236,6 +304,8 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
         'num_files': {split: _class_counts(v) for split, v in scan.examples.items()},
         'num_examples': {split: _class_counts(v) for split, v in good.items()},
         'bad_files': bad,
+        'num_skipped': len(scan.skipped),  # Not named as images: neither examples nor bad.
+        'skipped_files': scan.skipped[:SKIPPED_SHOWN],
     }
     self.info.metadata.update(metadata)
     check_bad_files(metadata, report_path(self), config.max_bad_fraction)
@@ -248,11 +318,18 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
 
 def read_file(root, rel):
   """The bytes of root/rel; an unreadable file is a BadImageError like an undecodable one."""
+  path = os.path.join(root, rel)
   try:
-    with open(os.path.join(root, rel), 'rb') as f:
+    with open(path, 'rb') as f:
       return f.read()
   except OSError as e:
-    raise BadImageError(f'unreadable: {e}') from e
+    if os.path.islink(path):
+      target = os.readlink(path)
+      if e.errno == errno.ELOOP or os.path.isdir(path):  # isdir: a link to an enclosing folder.
+        raise BadImageError(f'symbolic link loop (links to {target})') from e
+      if not os.path.exists(path):
+        raise BadImageError(f'broken symbolic link to {target}') from e
+    raise BadImageError(f'unreadable ({e.strerror or e})') from e
 
 
 def _class_counts(examples):
@@ -268,7 +345,11 @@ def _write_report(metadata, path):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as f:
     f.write(f'# Files of {metadata["source_dir"]} left out because they could not be decoded: '
-            f'{len(metadata["bad_files"])}.\n# relative path\treason\n')
+            f'{len(metadata["bad_files"])}.\n')
+    if metadata.get('num_skipped'):
+      f.write(f'# Skipped as not named as images (not bad files): {metadata["num_skipped"]}, '
+              f'such as {", ".join(metadata["skipped_files"])}.\n')
+    f.write('# relative path\treason\n')
     f.writelines(f'{rel}\t{reason}\n' for rel, reason in metadata['bad_files'])
 
 

@@ -147,7 +147,11 @@ def load_params(weights_dir):
   when it holds other weights; both one line, naming the folder and the command that makes it.
   """
   weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
-  make = f'make them with: {CONVERT_COMMAND.format(weights_dir)} (offline: --wheel or --pt-dir)'
+  out, held = pretrained.convert_target(weights_dir, 'mtcnn')
+  make = f'make them with: {CONVERT_COMMAND.format(out)} (offline: --wheel or --pt-dir)'
+  if held:  # Converting there would replace another source's weights (or other files).
+    make = (f'{weights_dir} {held}; converting mtcnn there would replace them, so pass '
+            f'--config.face_detector_weights={out} and {make}')
   for part in ('metadata.json', 'params'):
     if not (weights_dir / part).exists():
       why = 'no such folder' if not weights_dir.is_dir() else f'{part} is missing'

@@ -4,6 +4,7 @@
 it and refuses weights that belong to another source, so each model gets the base and the
 preprocessing it was trained with.
 """
+import itertools
 import json
 import pathlib
 
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from gender_jax import UserError
 from gender_jax import models
 
 SOURCE_OF_MODEL = {'vgg16': 'imagenet', 'vggface': 'vggface'}
@@ -26,11 +28,11 @@ H5_URL_OF_SOURCE = {
 }
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserError, FileNotFoundError):
   """The converted weights folder is missing or incomplete; the message says how to make it."""
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError, ValueError):
   """The converted weights are not the ones asked for (another source or architecture)."""
 
 
@@ -40,22 +42,74 @@ def base_param_shapes():
   return jax.eval_shape(models.VGG16Base().init, jax.random.key(0), images)['params']
 
 
-def how_to_get(weights_dir, source):
-  """The commands that create `weights_dir` for `source`: download+convert, or by hand."""
+def in_the_way(folder, source):
+  """What in `folder` converting `source` there would replace, as a phrase after the folder's
+  name ('holds imagenet weights (converted from F, sha256 H)'); '' where nothing would be lost:
+  no folder, an empty one, or `source`'s own weights (converting again renews them)."""
+  folder = pathlib.Path(folder).expanduser()
+  if not folder.exists():
+    return ''
+  if not folder.is_dir():
+    return 'is a file, not a folder'
+  names = sorted(p.name + '/' * p.is_dir() for p in folder.iterdir())
+  if not names:
+    return ''
+  if 'metadata.json' not in names:
+    listed = ', '.join(names[:5]) + (f', ... ({len(names)} in all)' if len(names) > 5 else '')
+    return f'holds {listed}, not converted weights (no metadata.json)'
+  try:
+    metadata = json.loads((folder / 'metadata.json').read_text())
+  except (OSError, ValueError) as e:
+    return f'holds an unreadable metadata.json ({e})'
+  found = metadata.get('source') if isinstance(metadata, dict) else None
+  if found == source:
+    return ''
+  if not found:
+    return 'holds a metadata.json that names no source'
+  origin = metadata.get('h5_file') or metadata.get('wheel_file') or metadata.get('pt_dir')
+  sha256 = metadata.get('h5_sha256') or metadata.get('wheel_sha256')
+  details = [f'converted from {origin}'] * bool(origin) + [f'sha256 {sha256}'] * bool(sha256)
+  return f'holds {found} weights' + (f' ({", ".join(details)})' if details else '')
+
+
+def convert_target(weights_dir, source):
+  """(folder, held): where to convert `source`'s weights for a run that reads `weights_dir`.
+
+  That is `weights_dir` itself (held '') unless converting there would replace something else,
+  such as another source's weights: then the first of weights/SOURCE, weights/SOURCE_2, ...
+  where it would not, and held says what `weights_dir` holds (as `in_the_way`).
+  """
+  held = in_the_way(weights_dir, source)
+  if not held:
+    return str(weights_dir), ''
+  for i in itertools.count(1):
+    folder = f'weights/{source}' + (f'_{i}' if i > 1 else '')
+    if not in_the_way(folder, source):
+      return folder, held
+
+
+def how_to_get(weights_dir, source, flag='--config.weights'):
+  """How to make `source`'s weights for a run that reads `weights_dir` (set by `flag`): the
+  commands (download+convert, or by hand) that write them there, or, where that would replace
+  something else (another source's weights), into another folder to pass as `flag`."""
+  out, held = convert_target(weights_dir, source)
   url = H5_URL_OF_SOURCE[source]
   h5 = url.rsplit('/', 1)[-1]
-  return (f'  python -m weights_convert --source {source} --download --out {weights_dir}\n'
-          f'or, where this machine is offline, fetch the file elsewhere and convert it:\n'
-          f'  curl -L -o {h5} {url}\n'
-          f'  python -m weights_convert --source {source} --h5 {h5} --out {weights_dir}')
+  commands = (f'  python -m weights_convert --source {source} --download --out {out}\n'
+              f'or, where this machine is offline, fetch the file elsewhere and convert it:\n'
+              f'  curl -L -o {h5} {url}\n'
+              f'  python -m weights_convert --source {source} --h5 {h5} --out {out}')
+  if not held:
+    return f'Make them with\n{commands}'
+  return (f'{weights_dir} {held}; converting {source} there would replace them, so pass '
+          f'{flag}={out} and make them with\n{commands}')
 
 
 def _missing(weights_dir, expected_source, why):
   sources = [expected_source] if expected_source else list(H5_URL_OF_SOURCE)
-  commands = '\n'.join((f'for {source} weights:\n' if len(sources) > 1 else '') +
+  commands = '\n'.join((f'For {source} weights:\n' if len(sources) > 1 else '') +
                        how_to_get(weights_dir, source) for source in sources)
-  return MissingWeightsError(f'No converted weights in {weights_dir} ({why}). Make them with\n'
-                             f'{commands}')
+  return MissingWeightsError(f'No converted weights in {weights_dir} ({why}). {commands}')
 
 
 def _shapes(tree):
@@ -78,9 +132,9 @@ def load(weights_dir, expected_source=None):
   """
   if not str(weights_dir or ''):
     source = expected_source or 'vggface'
-    raise MissingWeightsError(
-        'No weights folder is set (config.weights is empty). Make one and pass it as '
-        f'--config.weights=weights/{source}:\n{how_to_get(f"weights/{source}", source)}')
+    folder = convert_target(f'weights/{source}', source)[0]
+    raise MissingWeightsError(f'No weights folder is set (config.weights is empty); pass '
+                              f'--config.weights={folder}. {how_to_get(folder, source)}')
   weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
   if expected_source is not None and expected_source not in H5_URL_OF_SOURCE:
     raise ValueError(f'Unknown source {expected_source!r}; expected one of '

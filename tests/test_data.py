@@ -172,8 +172,83 @@ def test_bad_files_are_reported_and_left_out(folder, tmp_path):
     report = dict(line.rstrip('\n').split('\t') for line in f if not line.startswith('#'))
   assert set(report) == {f'train/male/{n}.jpg' for n in ('truncated', 'corrupt', 'empty', 'text')}
   assert report['train/male/empty.jpg'] == 'empty file (0 bytes)'
-  assert 'truncated' in report['train/male/truncated.jpg']
-  assert 'cannot identify image file' in report['train/male/text.jpg']
+  assert report['train/male/truncated.jpg'] == 'truncated JPEG (decodes partly)'
+  assert report['train/male/text.jpg'] == 'a text file, not an image'
+  assert report['train/male/corrupt.jpg'].startswith('damaged JPEG (Pillow: ')  # Its words vary.
+
+
+def _truncated(fmt):
+  buffer = io.BytesIO()
+  _image(7).save(buffer, fmt)
+  return buffer.getvalue()[:len(buffer.getvalue()) // 2]
+
+
+@pytest.mark.parametrize('data, reason', [
+    (b'not a picture\n', 'a text file, not an image'),
+    (_truncated('JPEG'), 'truncated JPEG (decodes partly)'),
+    (_truncated('PNG'), 'truncated PNG (decodes partly)'),
+    (b'%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n',
+     'not an image Pillow can read (starts with bytes 25 50 44 46: a PDF?)'),
+    (b'PK\x03\x04\x14\x00\x00\x00', 'not an image Pillow can read (starts with bytes 50 4b 03 04: '
+                                    'a ZIP archive?)'),
+    (bytes(range(256)), 'not an image Pillow can read (starts with bytes 00 01 02 03)'),
+    (_truncated('PNG')[:12], 'damaged PNG (starts like one, but Pillow cannot open it)'),
+], ids=['text', 'truncated_jpeg', 'truncated_png', 'pdf', 'zip', 'unknown', 'damaged_header'])
+def test_bad_file_reasons_are_words(data, reason):
+  with pytest.raises(face_dataset.BadImageError) as e:
+    face_dataset.decode_rgb(data)
+  assert str(e.value) == reason
+
+
+def test_non_image_names_are_skipped_not_bad(folder, tmp_path):
+  male = folder / 'train' / 'male'
+  for name in ('README.txt', '.DS_Store', 'Thumbs.db', 'notes.md', 'desktop.ini', '.hidden.jpg'):
+    (male / name).write_text('not a picture\n')
+  (male / '.ipynb_checkpoints').mkdir()
+  (male / '.ipynb_checkpoints' / 'copy.jpg').write_bytes(_jpeg_bytes(998))
+  (male / 'UPPER.JPEG').write_bytes(_jpeg_bytes(999))  # Extensions in any case are images.
+  skipped = ['train/male/.DS_Store', 'train/male/.hidden.jpg', 'train/male/.ipynb_checkpoints/',
+             'train/male/README.txt', 'train/male/Thumbs.db', 'train/male/desktop.ini',
+             'train/male/notes.md']
+  assert face_dataset.scan_folder(folder).skipped == skipped
+  config = make_config(folder, tmp_path / 'tfds')  # max_bad_fraction=0.01: no bad file allowed.
+  loaded = input_pipeline.load_splits(config)
+  assert 'train/male/UPPER.JPEG' in loaded['train'].paths
+  assert len(loaded['train']) == sum(COUNTS['train']) + 1
+  builder = face_dataset.build(config.data_dir, config.tfds_dir)
+  meta = builder.info.metadata
+  assert meta['bad_files'] == [] and meta['num_files']['train'] == [12, 9]
+  assert meta['num_skipped'] == 7 and meta['skipped_files'] == skipped
+  with open(face_dataset.report_path(builder)) as f:
+    assert 'not named as images (not bad files): 7, such as train/male/.DS_Store' in f.read()
+
+
+def test_class_folder_of_non_images_names_them(folder):
+  for f in (folder / 'valid' / 'male').iterdir():
+    f.unlink()
+  (folder / 'valid' / 'male' / 'README.txt').write_text('faces go here\n')
+  with pytest.raises(face_dataset.FolderError, match='valid/male holds no image files.*only '
+                                                     r'valid/male/README\.txt'):
+    face_dataset.scan_folder(folder)
+
+
+def test_broken_and_looping_symlinks_are_bad_files(folder, tmp_path):
+  male = folder / 'train' / 'male'
+  os.symlink('missing.jpg', male / 'dangling.jpg')
+  os.symlink('loop.jpg', male / 'loop.jpg')
+  os.symlink('..', male / 'up')  # Followed, it would list the female images as male ones.
+  os.symlink('.loop', male / '.loop')  # Hidden: skipped by its name, never followed.
+  reasons = {'train/male/dangling.jpg': 'broken symbolic link to missing.jpg',
+             'train/male/loop.jpg': 'symbolic link loop (links to loop.jpg)',
+             'train/male/up': 'symbolic link loop (links to ..)'}
+  config = make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.2)
+  assert len(input_pipeline.load_splits(config)['train']) == sum(COUNTS['train'])
+  builder = face_dataset.build(config.data_dir, config.tfds_dir, config.max_bad_fraction)
+  assert dict(builder.info.metadata['bad_files']) == reasons
+  assert builder.info.metadata['skipped_files'] == ['train/male/.loop']
+  loaded = input_pipeline.load_folder(folder / 'train', make_config(folder, None),
+                                      max_bad_fraction=0.2)
+  assert dict(loaded.bad_files) == {k.removeprefix('train/'): v for k, v in reasons.items()}
 
 
 def test_too_many_bad_files_fail_naming_the_report(folder, tmp_path):

@@ -305,14 +305,16 @@ def test_load_of_a_missing_folder_names_it_and_the_command(tmp_path):
   assert f'python -m weights_convert --source mtcnn --download --out {tmp_path}/nowhere' in message
 
 
-def test_load_refuses_other_weights(tmp_path):
+def test_load_refuses_other_weights_and_suggests_another_folder(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
   (tmp_path / 'params').mkdir()
   (tmp_path / 'metadata.json').write_text('{"source": "vggface", "architecture": "vgg16"}')
   with pytest.raises(pretrained.WeightsMismatchError) as error:
     face_detect.load_params(tmp_path)
   message = str(error.value)
   assert '\n' not in message and "holds 'vggface' weights" in message
-  assert f'--source mtcnn --download --out {tmp_path}' in message
+  assert f'--out {tmp_path} ' not in message  # That would replace the vggface weights.
+  assert '--config.face_detector_weights=weights/mtcnn and make them with' in message
 
 
 def test_vgg16_loading_refuses_mtcnn_weights(mtcnn_weights):

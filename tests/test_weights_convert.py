@@ -6,7 +6,9 @@ with h5py exactly as keras/src/legacy/saving/legacy_h5_format.py lays them out.
 """
 import hashlib
 import json
+import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ import pytest
 
 from gender_jax import models, pretrained, preprocessing
 from weights_convert import __main__ as cli
-from weights_convert import convert, download
+from weights_convert import convert, download, mtcnn
 
 SIZE = 64  # Input px: a 2x2x512 output, so the comparison covers spatial layout too.
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -296,11 +298,103 @@ def test_success_replaces_the_existing_folder(h5_files, tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ['w']
 
 
-def test_an_unrelated_folder_is_never_replaced(h5_files, tmp_path):
+def test_an_unrelated_folder_is_replaced_only_with_overwrite(h5_files, tmp_path):
   (tmp_path / 'notes.txt').write_text('mine')
-  with pytest.raises(convert.ConversionError, match='not a converted weights folder'):
+  with pytest.raises(convert.ConversionError,
+                     match='holds notes.txt, not converted weights .no metadata.json.'):
     convert.convert('vggface', h5_files['vggface_tf_keras_notop'], tmp_path)
   assert [p.name for p in tmp_path.iterdir()] == ['notes.txt']
+  convert.convert('vggface', h5_files['vggface_tf_keras_notop'], tmp_path, overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['metadata.json', 'params']
+
+
+# --- An --out that holds another source's weights (or other files) is kept unless --overwrite. ---
+
+def _metadata_of(source, converted_weights):
+  """What a converted folder of `source` records (mtcnn: as a facenet-pytorch wheel's)."""
+  if source == 'mtcnn':
+    return {'source': 'mtcnn', 'architecture': 'mtcnn',
+            'wheel_file': mtcnn.WHEEL_URL.rsplit('/', 1)[-1], 'wheel_sha256': mtcnn.WHEEL_SHA256}
+  return json.loads((converted_weights[source] / 'metadata.json').read_text())
+
+
+def _folder_of(source, folder, converted_weights):
+  """`folder` laid out as a converted folder of `source`: metadata.json and params/ (left empty:
+  the checks read the metadata, and loading stops at another source's before params)."""
+  (folder / 'params').mkdir(parents=True)
+  (folder / 'metadata.json').write_text(json.dumps(_metadata_of(source, converted_weights)))
+  return folder
+
+
+def _refusal(out, held, source, converted_weights):
+  metadata = _metadata_of(held, converted_weights)
+  origin = metadata.get('h5_file') or metadata['wheel_file']
+  sha256 = metadata.get('h5_sha256') or metadata['wheel_sha256']
+  return (f'error: {out} holds {held} weights (converted from {origin}, sha256 {sha256}); '
+          f'converting {source} there would replace them. Choose another --out, or pass '
+          f'--overwrite to replace them.')
+
+
+def test_command_refuses_to_replace_another_sources_weights(converted_weights, tmp_path):
+  out = _folder_of('imagenet', tmp_path / 'weights' / 'imagenet', converted_weights)
+  before = (out / 'metadata.json').read_text()
+  result = subprocess.run([sys.executable, '-m', 'weights_convert', '--source', 'vggface',
+                           '--h5', 'nowhere.h5', '--out', 'weights/imagenet'],
+                          cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(REPO)},
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 2  # Before the h5 is even opened: it does not exist.
+  assert result.stderr.splitlines()[-1] == _refusal('weights/imagenet', 'imagenet', 'vggface',
+                                                    converted_weights)
+  assert (out / 'metadata.json').read_text() == before
+  assert sorted(p.name for p in out.parent.iterdir()) == ['imagenet']
+
+
+@pytest.mark.parametrize('held,source', [('imagenet', 'vggface'), ('vggface', 'imagenet'),
+                                         ('mtcnn', 'imagenet'), ('imagenet', 'mtcnn')])
+def test_refusal_comes_before_any_download(held, source, converted_weights, monkeypatch,
+                                           tmp_path, capsys):
+  def fetch(*args):
+    raise AssertionError(f'downloaded {args}')
+  monkeypatch.setattr(download, 'fetch', fetch)
+  out = _folder_of(held, tmp_path / 'w', converted_weights)
+  status, _, err = _cli(capsys, '--source', source, '--download', '--out', out)
+  assert status == 2
+  assert err == _refusal(out, held, source, converted_weights) + '\n'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['w']
+
+
+def test_overwrite_replaces_another_sources_weights_and_the_same_source_needs_none(
+    converted_weights, h5_files, keras_nets, tmp_path, capsys):
+  out = _folder_of('imagenet', tmp_path / 'w', converted_weights)
+  status, _, err = _cli(capsys, '--source', 'vggface', '--h5', h5_files['vggface_tf_keras_notop'],
+                        '--out', out, '--overwrite')
+  assert status == 0, err
+  assert pretrained.load(out, 'vggface')[1]['h5_layout'] == 'tf_keras'
+  status, _, err = _cli(capsys, '--source', 'vggface', '--h5',  # Converting again: no flag.
+                        h5_files['vggface_keras2_whole_model'], '--out', out)
+  assert status == 0, err
+  params, metadata = pretrained.load(out, 'vggface')
+  assert metadata['h5_layout'] == 'keras2_flat_names (whole model)'
+  _assert_reproduces_keras(params, keras_nets['vggface'])
+  assert [p.name for p in tmp_path.iterdir()] == ['w']
+
+
+def test_a_folder_of_other_files_is_replaced_only_with_overwrite(h5_files, tmp_path, capsys):
+  out = tmp_path / 'w'
+  (out / 'runs').mkdir(parents=True)
+  (out / 'notes.txt').write_text('mine')
+  status, _, err = _cli(capsys, '--source', 'vggface', '--h5', tmp_path / 'nowhere.h5',
+                        '--out', out)
+  assert status == 2
+  assert err == (f'error: {out} holds notes.txt, runs/, not converted weights (no '
+                 f'metadata.json); converting vggface there would replace them. Choose another '
+                 f'--out, or pass --overwrite to replace them.\n')
+  assert sorted(p.name for p in out.iterdir()) == ['notes.txt', 'runs']
+  h5 = h5_files['vggface_tf_keras_notop']
+  assert _cli(capsys, '--source', 'vggface', '--h5', h5, '--out', out, '--overwrite')[0] == 0
+  assert sorted(p.name for p in out.iterdir()) == ['metadata.json', 'params']
+  (tmp_path / 'empty').mkdir()  # An empty folder needs no --overwrite.
+  assert _cli(capsys, '--source', 'imagenet', '--h5', h5, '--out', tmp_path / 'empty')[0] == 0
 
 
 def test_sha256_pin_rejects_another_file(h5_files, tmp_path, capsys):
@@ -415,3 +509,71 @@ def test_load_of_damaged_params_is_missing_weights(vggface_dir, tmp_path):
 def test_load_refuses_another_sources_weights(vggface_dir):
   with pytest.raises(pretrained.WeightsMismatchError, match="holds 'vggface' weights"):
     pretrained.load(vggface_dir, pretrained.SOURCE_OF_MODEL['vgg16'])
+
+
+def _assert_suggests_only_safe_folders(message, source, flag='--config.weights'):
+  """Every `--out` the message suggests takes `source`'s weights without --overwrite, and the
+  run is told to read the folder the commands write."""
+  outs = set(re.findall(r'--out (\S+)', message))
+  assert len(outs) == 1, message
+  out = outs.pop()
+  convert.check_out(out, source)  # Raises where the command would be refused.
+  return out
+
+
+@pytest.mark.parametrize('held,need', [('vggface', 'imagenet'), ('imagenet', 'vggface'),
+                                       ('mtcnn', 'vggface')])
+def test_load_of_another_sources_weights_suggests_another_folder(held, need, converted_weights,
+                                                                 monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  folder = _folder_of(held, tmp_path / 'w', converted_weights)
+  with pytest.raises(pretrained.WeightsMismatchError) as error:
+    pretrained.load(folder, need)
+  message = str(error.value)
+  assert f"{folder} holds {held!r} weights, but this model needs {need!r} weights." in message
+  assert f'{folder} holds {held} weights (converted from ' in message
+  assert f'converting {need} there would replace them' in message
+  assert f'--config.weights=weights/{need} and make them with' in message
+  assert _assert_suggests_only_safe_folders(message, need) == f'weights/{need}'
+
+
+def test_suggested_folder_skips_one_that_holds_other_weights_too(converted_weights, monkeypatch,
+                                                                 tmp_path):
+  monkeypatch.chdir(tmp_path)
+  _folder_of('vggface', tmp_path / 'weights' / 'imagenet', converted_weights)
+  with pytest.raises(pretrained.WeightsMismatchError) as error:
+    pretrained.load(tmp_path / 'weights' / 'imagenet', 'imagenet')
+  message = str(error.value)
+  assert '--config.weights=weights/imagenet_2 ' in message
+  assert _assert_suggests_only_safe_folders(message, 'imagenet') == 'weights/imagenet_2'
+
+
+def test_load_of_a_folder_of_other_files_suggests_another_folder(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'w' / 'params').mkdir(parents=True)
+  with pytest.raises(pretrained.MissingWeightsError) as error:
+    pretrained.load(tmp_path / 'w', 'vggface')
+  message = str(error.value)
+  assert (f'{tmp_path / "w"} holds params/, not converted weights (no metadata.json); '
+          f'converting vggface there would replace them') in message
+  assert _assert_suggests_only_safe_folders(message, 'vggface') == 'weights/vggface'
+
+
+def test_unset_weights_folder_suggests_a_free_one(converted_weights, monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  _folder_of('imagenet', tmp_path / 'weights' / 'vggface', converted_weights)
+  with pytest.raises(pretrained.MissingWeightsError) as error:
+    pretrained.load('', 'vggface')
+  message = str(error.value)
+  assert 'pass --config.weights=weights/vggface_2.' in message
+  assert _assert_suggests_only_safe_folders(message, 'vggface') == 'weights/vggface_2'
+
+
+def test_convert_target_of_the_face_detector(converted_weights, monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  folder = _folder_of('vggface', tmp_path / 'w', converted_weights)
+  out, held = pretrained.convert_target(folder, 'mtcnn')
+  assert out == 'weights/mtcnn' and held.startswith('holds vggface weights (converted from ')
+  mtcnn_folder = _folder_of('mtcnn', tmp_path / 'm', converted_weights)
+  assert pretrained.convert_target(mtcnn_folder, 'mtcnn') == (str(mtcnn_folder), '')
+  assert pretrained.convert_target(tmp_path / 'new', 'mtcnn') == (str(tmp_path / 'new'), '')

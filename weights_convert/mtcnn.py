@@ -112,14 +112,16 @@ def read_params(files, origin):
   return params
 
 
-def convert_mtcnn(out_dir, wheel=None, pt_dir=None, sha256=None):
+def convert_mtcnn(out_dir, wheel=None, pt_dir=None, sha256=None, overwrite=False):
   """Converts the weights in `wheel` or `pt_dir` into `out_dir`; returns the metadata written.
 
-  `sha256`, if given, pins the wheel: another hash is a ConversionError.
+  `sha256`, if given, pins the wheel: another hash is a ConversionError. `out_dir` must be new,
+  empty or hold MTCNN weights, unless `overwrite` (see convert.check_out).
   """
   if (wheel is None) == (pt_dir is None):
     raise convert.ConversionError('give exactly one of a facenet-pytorch wheel or a folder with '
                                   'pnet.pt, rnet.pt and onet.pt.')
+  convert.check_out(out_dir, 'mtcnn', overwrite)
   metadata = {'source': 'mtcnn', 'architecture': 'mtcnn'}
   if wheel is not None:
     wheel = pathlib.Path(wheel).expanduser()
@@ -146,5 +148,5 @@ def convert_mtcnn(out_dir, wheel=None, pt_dir=None, sha256=None):
       param_count=int(sum(a.size for net in params.values() for layer in net.values()
                           for a in layer.values())),
       created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
-  convert.write(out_dir, params, metadata)
+  convert.write(out_dir, params, metadata, overwrite)
   return metadata
