@@ -20,6 +20,8 @@ matplotlib.use('Agg')  # Files only: no display on servers and in tests.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from gender_jax import LABELS
+from gender_jax import UserError
+from gender_jax import cli
 from gender_jax import inference
 from gender_jax import input_pipeline
 from gender_jax import metrics as metrics_lib
@@ -51,7 +53,7 @@ DECADES = ['<20'] + [f'{d}-{d + 9}' for d in range(20, 80, 10)] + ['80+']
 MISSING = 'unknown'
 
 
-class LabelsCsvError(ValueError):
+class LabelsCsvError(UserError, ValueError):
   """A labels CSV that cannot be read or does not describe the evaluated folder."""
 
 
@@ -252,14 +254,11 @@ def format_table(result):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    result = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.folder, FLAGS.data_dir,
-                      FLAGS.batch_size, FLAGS.labels_csv)
-  except LabelsCsvError as e:
-    raise SystemExit(f'error: {e}') from None
+  result = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.folder, FLAGS.data_dir,
+                    FLAGS.batch_size, FLAGS.labels_csv)
   print(format_table(result))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

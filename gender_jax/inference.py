@@ -1,7 +1,6 @@
 """A trained model from its run directory alone: config, weights metadata and best checkpoint."""
 import dataclasses
 import functools
-import json
 import os
 from typing import Any
 
@@ -10,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from configs import default
+from gender_jax import checkpoints
 from gender_jax import metrics
 from gender_jax import models
-from gender_jax import train
+from gender_jax import run_dir
 
 
 @dataclasses.dataclass
@@ -29,31 +28,20 @@ class Trained:
 
 def load_trained(workdir):
   """Restores the best checkpoint of a run; needs neither the data nor the weights folder."""
-  config_path = os.path.join(workdir, 'config.json')
-  best_dir = os.path.abspath(os.path.join(workdir, 'checkpoints', 'best'))
-  if not os.path.exists(config_path) or not os.path.isdir(best_dir):
-    raise FileNotFoundError(
-        f'{workdir} holds no trained run (config.json and checkpoints/best are needed); train '
-        f'one with: python -m gender_jax.main --config=configs/custom.py --workdir={workdir}')
+  config_path = run_dir.path(workdir, run_dir.CONFIG)
+  if not os.path.exists(config_path):
+    raise run_dir.NoRunError(
+        f'{workdir} holds no trained run ({run_dir.CONFIG} is missing); train one with: '
+        f'python -m gender_jax.main --config=configs/custom.py --workdir={workdir}')
   # Over the defaults: fields added since the run was saved take their default values.
   config = default.get_config()
-  with open(config_path) as f:
-    config.update(json.load(f))
-  with open(os.path.join(workdir, 'weights_metadata.json')) as f:
-    metadata = json.load(f)
+  config.update(run_dir.read_json(config_path))
+  metadata = run_dir.read_json(run_dir.path(workdir, run_dir.WEIGHTS_METADATA))
   model = models.create_model(config, metadata and metadata['preprocessing'])
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
-  abstract = train.with_sharding(
-      jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy),
-      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  with ocp.CheckpointManager(best_dir, item_names=('state', 'progress')) as manager:
-    epoch = manager.latest_step()
-    if epoch is None:
-      raise FileNotFoundError(f'{best_dir} holds no checkpoint yet: the run has not finished '
-                              'an epoch. Rerun its training command to resume it.')
-    restored = manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-  return Trained(model, restored.state, config, metadata, epoch)
+  variables, epoch = checkpoints.best_variables(
+      workdir, jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy))
+  return Trained(model, variables, config, metadata, epoch)
 
 
 @functools.cache  # Compiled once per model, not once per call (predict calls per chunk).

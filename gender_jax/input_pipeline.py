@@ -13,10 +13,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 from typing import NamedTuple
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -24,8 +22,10 @@ import numpy as np
 import tqdm
 
 from gender_jax import LABELS
+from gender_jax import cli
 from gender_jax import face_dataset
 from gender_jax import faces
+from gender_jax import run_dir
 
 SPLITS = face_dataset.SPLITS
 # A flat {male,female} folder is cut per class into these shares of train/valid/test pools.
@@ -278,8 +278,9 @@ def draw_protocol(index, sizes, seed):
     labels = index[source][1][pool]
     if n > len(pool) or n < -1:
       counts = ', '.join(f'{_count(labels, c)} {name}' for c, name in enumerate(LABELS))
-      raise ValueError(f'Asked for {n} {split} images but the folder has {len(pool)} ({counts}); '
-                       f'ask for at most that many, or -1 for all.')
+      raise face_dataset.FolderError(
+          f'Asked for {n} {split} images but the folder has {len(pool)} ({counts}); ask for at '
+          'most that many, or -1 for all.')
     if n in (-1, len(pool)):
       rows = pool
     else:
@@ -293,20 +294,9 @@ def _count(labels, c):
 
 
 def _write_file_list(workdir, name, paths, labels):
-  """Writes workdir/protocol/<name>.txt (path, tab, label); fails if another list is there."""
-  path = os.path.join(workdir, 'protocol', f'{name}.txt')
+  """Writes workdir/protocol/<name>.txt (path, tab, label), or checks the run's own list."""
   text = ''.join(f'{p}\t{l}\n' for p, l in zip(paths, labels))
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() != text:  # Resuming a run on other examples would mix two experiments.
-        raise ValueError(f'{path} lists other files than this config draws (another data_dir, '
-                         f'seed or num_{name}?); use a new workdir or delete that file.')
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  run_dir.check_protocol_file(workdir, name, text)
 
 
 def _summary(builder, index, drawn):
@@ -330,7 +320,9 @@ def _summary(builder, index, drawn):
           f'{"split":10}{"class":8}{"files":>8}{"bad":>6}{"usable":>8}{"drawn":>8}',
           *(f'{s:10}{c:8}{f:>8}{b:>6}{u:>8}{d:>8}' for s, c, f, b, u, d in rows),
           f'{len(meta["bad_files"])} bad files left out, listed in '
-          f'{face_dataset.report_path(builder)}']
+          f'{face_dataset.report_path(builder)}',
+          f'{meta.get("num_skipped", 0)} files skipped as not images by name (not bad): '
+          f'{", ".join(meta.get("skipped_files", [])[:3]) or "none"}']
 
 
 def load_detector(config):
@@ -425,8 +417,9 @@ def load_splits(config, workdir=None, splits=SPLITS):
   face alignment, fills an empty config.face_template from the training faces.
   """
   loaded, table = _load(config, workdir, splits)
-  for line in table:
-    logging.info('%s', line)
+  if jax.process_index() == 0:
+    for line in table:
+      tqdm.tqdm.write(line)
   return loaded
 
 
@@ -677,10 +670,7 @@ def main(argv):
                'image_size', 'resize', 'max_bad_fraction'):
     if FLAGS[name].value is not None:
       config[name] = FLAGS[name].value
-  try:
-    _, table = _load(config, FLAGS.workdir, SPLITS)
-  except (face_dataset.FolderError, ValueError) as e:  # Bad input: the message says it all.
-    sys.exit(f'Error: {e}')
+  _, table = _load(config, FLAGS.workdir, SPLITS)
   print('\n'.join(table))
 
 
@@ -695,4 +685,4 @@ if __name__ == '__main__':
   flags.DEFINE_enum('resize', None, faces.RESIZES, 'How faces become squares.')
   flags.DEFINE_float('max_bad_fraction', None, 'Fail if more files than this are undecodable.')
   flags.DEFINE_string('workdir', None, 'Write the protocol file lists to WORKDIR/protocol/.')
-  app.run(main)
+  cli.run(main)

@@ -11,13 +11,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from gender_jax import face_dataset
-from gender_jax import pretrained
+from gender_jax import cli
 from gender_jax import train
-
-# Errors of the user's input or of a diverged run: one clear message, no traceback.
-USER_ERRORS = (pretrained.MissingWeightsError, pretrained.WeightsMismatchError,
-               face_dataset.FolderError, train.NonFiniteLossError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results.json go.')
@@ -38,11 +33,8 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info('Process %d of %d; local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except USER_ERRORS as e:
-    raise SystemExit(f'error: {e}') from None
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir, cli.command_line('gender_jax.main'))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import ImageDraw
 
 from gender_jax import LABELS
+from gender_jax import cli
 from gender_jax import face_dataset
 from gender_jax import faces
 from gender_jax import inference
@@ -201,11 +202,8 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError('Give image files or folders to predict.')
   files, errors = find_images(argv[1:])
-  try:
-    trained = inference.load_trained(FLAGS.workdir)
-    detector, _ = input_pipeline.load_detector(trained.config)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f'error: {e}') from None
+  trained = inference.load_trained(FLAGS.workdir)
+  detector, _ = input_pipeline.load_detector(trained.config)
   if FLAGS.annotate:
     if detector is None:
       raise SystemExit(f'error: --annotate needs a run trained on aligned faces; {FLAGS.workdir} '
@@ -243,4 +241,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -5,7 +5,6 @@ Usage: python -m gender_jax.report RUN_DIR... [--out DIR] [--data_dir DIR]
 A RUN_DIR is a run directory (it holds results.json) or a study directory whose subfolders are
 run directories; a study's study.json adds its skipped experiments, command and machine.
 """
-import csv
 import dataclasses
 import datetime
 import json
@@ -21,15 +20,15 @@ import numpy as np
 from PIL import Image
 
 from gender_jax import LABELS
+from gender_jax import cli
 from gender_jax import inference
 from gender_jax import input_pipeline
 from gender_jax import metrics
+from gender_jax import run_dir
 from gender_jax import saliency
 from gender_jax import stats
 
 FIGURES = 'figures'
-STUDY_FILE = 'study.json'
-RESULTS_FILE = 'results.json'
 PAIRED_FILE = 'paired_tests.json'
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -88,53 +87,31 @@ class Study:
   """Run directories to compare, and what study.json files say about the runs they hold."""
   runs: list
   skipped: dict  # Model -> reason, for experiments a study skipped.
+  unfinished: dict  # Run -> how far it got ('epoch 3 of 10'), for runs without results.
   studies: list  # (directory, study.json contents).
 
 
-def _read_jsonl(path):
-  """One dict per epoch; a resumed run that logged an epoch twice keeps its last entry."""
-  if not path.exists():
-    return []
-  by_epoch = {}
-  for line in path.read_text().splitlines():
-    if line.strip():
-      entry = json.loads(line)
-      by_epoch[entry['epoch']] = entry
-  return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _read_predictions(path):
-  """predictions_test.csv -> (paths, labels, p_male)."""
-  with open(path, newline='') as f:
-    rows = list(csv.DictReader(f))
-  return ([r['path'] for r in rows], np.array([int(r['label']) for r in rows], np.int64),
-          np.array([float(r['p_male']) for r in rows], np.float64))
-
-
 def load_run(workdir):
-  """Reads a run directory written by gender_jax.train (see the run directory contract)."""
+  """Reads a finished run directory (gender_jax/run_dir.py says what it holds)."""
   workdir = pathlib.Path(workdir)
-  results = json.loads((workdir / RESULTS_FILE).read_text())
-  paths, labels, p_male = _read_predictions(workdir / 'predictions_test.csv')
-  valid = workdir / 'predictions_valid.csv'
-  _, valid_labels, valid_p_male = _read_predictions(valid) if valid.exists() else (None,) * 3
-  return Run(name=workdir.name, workdir=workdir, results=results,
-             history=_read_jsonl(workdir / 'metrics.jsonl'),
-             paths=paths, labels=labels, p_male=p_male,
+  paths, labels, p_male = run_dir.read_predictions(workdir, 'test')
+  _, valid_labels, valid_p_male = run_dir.read_predictions(workdir, 'valid') or (None,) * 3
+  return Run(name=workdir.name, workdir=workdir,
+             results=run_dir.read_json(workdir / run_dir.RESULTS),
+             history=run_dir.read_metrics(workdir), paths=paths, labels=labels, p_male=p_male,
              valid_labels=valid_labels, valid_p_male=valid_p_male)
 
 
 def load_study(dirs):
   """Finds the run directories in `dirs` (runs, or studies holding runs) and reads them."""
-  runs, skipped, studies = [], {}, []
+  runs, skipped, unfinished, studies = [], {}, {}, []
   for d in map(pathlib.Path, dirs):
-    if (d / RESULTS_FILE).exists():
-      runs.append(load_run(d))
-      continue
-    if not d.is_dir():
-      raise FileNotFoundError(f'{d} is not a run directory nor a study directory.')
-    if (d / STUDY_FILE).exists():
-      study = json.loads((d / STUDY_FILE).read_text())
+    if (d / run_dir.CONFIG).exists():
+      entries = {d: (d.name, {})}
+    elif not d.is_dir():
+      raise run_dir.NoRunError(f'{d} is not a run directory nor a study directory.')
+    elif (d / run_dir.STUDY).exists():
+      study = run_dir.read_json(d / run_dir.STUDY)
       studies.append((d, study))
       entries = {d / e['workdir']: (name, e) for name, e in study['experiments'].items()}
       skipped.update({name: e['reason'] for name, e in study['experiments'].items()
@@ -142,11 +119,14 @@ def load_study(dirs):
     else:
       entries = {p: (p.name, {}) for p in sorted(d.iterdir()) if p.is_dir()}
     for subdir, (name, entry) in entries.items():
-      if (subdir / RESULTS_FILE).exists():
+      if (subdir / run_dir.RESULTS).exists():
         runs.append(dataclasses.replace(load_run(subdir), name=name, entry=entry))
-  if not runs and not skipped:
-    raise FileNotFoundError(f'No run directories (with {RESULTS_FILE}) in {list(dirs)}.')
-  return Study(runs=runs, skipped=skipped, studies=studies)
+      elif (subdir / run_dir.CONFIG).exists():
+        unfinished[name] = run_dir.status(subdir)
+  if not runs and not skipped and not unfinished:
+    raise run_dir.NoRunError(f'No run directories (with {run_dir.CONFIG}) in '
+                            f'{", ".join(map(str, dirs))}.')
+  return Study(runs=runs, skipped=skipped, unfinished=unfinished, studies=studies)
 
 
 # --- Table ---------------------------------------------------------------------------------
@@ -191,6 +171,8 @@ def comparison_table(study):
         f"{r.get('best_epoch')}/{r.get('num_epochs')}", weights_provenance(r.get('weights'))])
   for model in study.skipped:
     rows.append([model, model, 'skipped (see below)'] + [''] * (len(header) - 3))
+  for name, how_far in study.unfinished.items():
+    rows.append([name, '', f'unfinished ({how_far})'] + [''] * (len(header) - 3))
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
   return '\n'.join(lines)
@@ -583,9 +565,10 @@ def _missing_images(run):
 
 
 def _when(run):
-  if run.results.get('finished'):
-    return run.results['finished']
-  mtime = (run.workdir / RESULTS_FILE).stat().st_mtime
+  finished = run.results.get('finished') or run.results.get('finished_utc')  # Before v2.
+  if finished:
+    return finished
+  mtime = (run.workdir / run_dir.RESULTS).stat().st_mtime
   return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(
       timespec='seconds')
 
@@ -805,4 +788,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -19,11 +19,8 @@ that make them, and the skip is recorded in workdir/study.json and the report.
 import datetime
 import importlib
 import importlib.util
-import json
 import os
 import platform
-import shlex
-import sys
 from typing import NamedTuple
 
 from absl import app
@@ -33,12 +30,13 @@ import ml_collections
 from ml_collections import config_flags
 
 import configs.default
+from gender_jax import cli
 from gender_jax import pretrained
 from gender_jax import report
+from gender_jax import run_dir
 from gender_jax import train
 
 MODELS = ('custom', 'vgg16', 'vggface')
-STUDY_FILE = report.STUDY_FILE
 
 
 def _config_family(path):
@@ -110,19 +108,6 @@ def sweep_points(experiments, sizes=(), seeds=()):
   return points
 
 
-def _finished(config, workdir):
-  """Whether workdir holds this config's finished run (then a rerun leaves it as it is)."""
-  path = os.path.join(workdir, report.RESULTS_FILE)
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    recorded = json.load(f)['config']
-  requested = json.loads(json.dumps(config.to_dict()))  # Tuples as the record's lists.
-  if not requested['face_template']:  # Derived from the training faces, then recorded.
-    requested['face_template'] = recorded.get('face_template')
-  return recorded == requested
-
-
 def machine():
   """Where the study ran: enough to tell a laptop CPU from a GPU server."""
   return {'platform': platform.platform(), 'python': platform.python_version(),
@@ -134,13 +119,6 @@ def _now():
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 
-def _write_json(path, value):
-  if jax.process_index() == 0:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(value, f, indent=2)
-    os.replace(path + '.tmp', path)
-
-
 def run_study(points, workdir, command=None):
   """Trains and evaluates each Point into workdir/<point.name>, then writes the report.
 
@@ -149,37 +127,36 @@ def run_study(points, workdir, command=None):
   all. Missing converted weights skip that point; any other failure stops the study.
   """
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, STUDY_FILE)
-  previous = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
+  path = os.path.join(workdir, run_dir.STUDY)
+  previous = run_dir.read_json(path) if os.path.exists(path) else {}
   study = {'command': command, 'started': _now(), 'finished': None,
            'experiments': previous.get('experiments', {})}
   for i, point in enumerate(points):
-    run_dir = os.path.join(workdir, point.name)
-    entry = study['experiments'].get(point.name, {})
-    if entry.get('status') == 'done' and _finished(point.config, run_dir):
-      print(f'Point {i + 1}/{len(points)}: {point.name} is finished ({run_dir}).', flush=True)
-      continue
-    print(f'Point {i + 1}/{len(points)}: {point.name} into {run_dir}', flush=True)
-    entry = study['experiments'][point.name] = {
-        'status': 'running', 'model': point.model, 'workdir': point.name,
-        'num_train': point.config.num_train,
-        'train_seed': train.resolved_train_seed(point.config),
-        'command': command, 'machine': machine(), 'started': _now()}
-    _write_json(path, study)
+    run = os.path.join(workdir, point.name)
+    print(f'Point {i + 1}/{len(points)}: {point.name} in {run}', flush=True)
+    # A finished point is still passed to training, which refuses it if the config changed.
+    done = (study['experiments'].get(point.name, {}).get('status') == 'done' and
+            run_dir.finished_results(run, point.config))
+    entry = study['experiments'][point.name] if done else None
+    if not done:
+      entry = study['experiments'][point.name] = {
+          'status': 'running', 'model': point.model, 'workdir': point.name,
+          'num_train': point.config.num_train,
+          'train_seed': train.resolved_train_seed(point.config),
+          'command': command, 'machine': machine(), 'started': _now()}
+      run_dir.write_json(path, study)
     try:
-      results = train.train_and_evaluate(point.config, run_dir)
+      results = train.train_and_evaluate(point.config, run, command)
     except pretrained.MissingWeightsError as e:
-      entry.update(status='skipped', reason=str(e))
+      entry.update(status='skipped', reason=str(e), finished=_now())
       print(f'\nSkipping {point.name}: {e}\n', flush=True)
     else:
-      entry.update(status='done', test_accuracy=results['metrics']['accuracy'])
-    entry['finished'] = _now()
-    _write_json(path, study)
+      if not done:
+        entry.update(status='done', test_accuracy=results['metrics']['accuracy'],
+                     finished=_now())
+    run_dir.write_json(path, study)
   study['finished'] = _now()
-  _write_json(path, study)
+  run_dir.write_json(path, study)
   if jax.process_index() == 0:
     report.write_report([workdir], workdir)
   return study
@@ -232,11 +209,11 @@ def main(argv):
                                    config_flags.get_config_filename(FLAGS['config']),
                                    config_flags.get_override_values(FLAGS['config']))
   points = sweep_points(experiments, _integers('sizes', minimum=1), _integers('seeds', minimum=0))
-  command = shlex.join(['python', '-m', 'gender_jax.study', *sys.argv[1:]])
+  command = cli.command_line('gender_jax.study')
   study = run_study(points, FLAGS.workdir, command)
   print(summary(study, FLAGS.workdir))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -5,7 +5,6 @@ device mesh, feature caching, checkpoints, the epoch loop, and the final test ev
 """
 import dataclasses
 import functools
-import json
 import os
 import platform
 import shlex
@@ -23,22 +22,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 
+from gender_jax import UserError
+from gender_jax import checkpoints
 from gender_jax import feature_cache
 from gender_jax import input_pipeline
 from gender_jax import metrics as metrics_lib
 from gender_jax import models
 from gender_jax import pretrained
+from gender_jax import run_dir
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
   """Training diverged; the last good checkpoint is kept."""
-
-
-class CheckpointMismatchError(ValueError):
-  """A workdir's checkpoint does not fit the state of the run asked to resume it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,86 +321,8 @@ def frozen_base_features(mesh, model, variables, splits, config, weights_meta):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: 'latest' each epoch (resume), 'best' by validation accuracy (evaluation).
+# The whole run.
 # ---------------------------------------------------------------------------------------------
-def checkpoint_managers(workdir):
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  return {name: ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints', name)), options=options,
-      item_names=('state', 'progress')) for name in ('latest', 'best')}
-
-
-def save_checkpoint(manager, epoch, state, progress):
-  manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                              progress=ocp.args.JsonSave(progress)))
-  manager.wait_until_finished()
-
-
-def with_sharding(tree, sharding):
-  """Shape/dtype structs placed on `sharding`: checkpoints restore onto this run's devices,
-  whatever devices saved them (a GPU run evaluates on a laptop)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-                      if hasattr(x, 'shape') else x, tree)  # Python scalars restore as they are.
-
-
-def restore_checkpoint(manager, state, sharding):
-  """(state, progress) from the manager's latest step, or (state, None) if there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return state, None
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(with_sharding(state, sharding)),
-        progress=ocp.args.JsonRestore()))
-  except ValueError as e:  # Orbax's word for another tree structure or array shape.
-    raise CheckpointMismatchError(
-        f'The checkpoint {manager.directory}/{step} does not fit this run: its config differs '
-        'from the one the run was started with (config.json beside checkpoints/), or an older '
-        'gender_jax saved it. Rerun with that config, or train into a new --workdir. '
-        f'Orbax said: {e}') from e
-  return restored.state, restored.progress
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging of metrics: JSON lines (for reports) and TensorBoard.
-# ---------------------------------------------------------------------------------------------
-class MetricsWriter:
-  """Epoch metrics to workdir/metrics.jsonl and TensorBoard (process 0 only)."""
-
-  def __init__(self, workdir, resume_epoch):
-    self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    if not self.enabled:
-      return
-    # A resumed run rewrites the epochs after its checkpoint, so lines are never duplicated.
-    kept = []
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if json.loads(line)['epoch'] <= resume_epoch]
-    with open(self.path, 'w') as f:
-      f.writelines(kept)
-    import tensorboardX  # pylint: disable=g-import-not-at-top
-    self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-
-  def write(self, epoch, values):
-    if not self.enabled:
-      return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'epoch': epoch, **values}) + '\n')
-    for name, value in values.items():
-      self.tensorboard.add_scalar(name, value, epoch)
-    self.tensorboard.flush()
-
-  def close(self):
-    if self.enabled:
-      self.tensorboard.close()
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
 def git_commit():
   """The code's commit, '-dirty' if tracked files differ from it; None outside a checkout."""
   def git(*args, check=True):
@@ -416,34 +335,47 @@ def git_commit():
     return None
 
 
-def write_json(path, value):
+def say(line):
+  """A line of the run's output (process 0), above any progress bar rather than through it."""
   if jax.process_index() == 0:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(value, f, indent=2, default=str)
-    os.replace(path + '.tmp', path)
+    tqdm.tqdm.write(line)
 
 
-# ---------------------------------------------------------------------------------------------
-# The whole run.
-# ---------------------------------------------------------------------------------------------
 def resolved_train_seed(config):
   """The seed of initialisation, order and jitter: train_seed, or the protocol's seed if -1."""
   return config.seed if config.train_seed == -1 else config.train_seed
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains, checkpoints and evaluates; resumes from workdir. Returns the results dict."""
-  start = time.time()
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       command: str | None = None) -> dict[str, Any]:
+  """Trains, checkpoints and evaluates; resumes from workdir. Returns the results dict.
+
+  The run directory holds one experiment: a rerun with a config that would change its results
+  is refused, a finished run is left as it is, and one process trains there at a time.
+  """
+  session_start = time.time()
   commit = git_commit()  # Now: the code may change while a long run trains.
-  os.makedirs(workdir, exist_ok=True)
+  command = command or shlex.join([os.path.basename(sys.executable), *sys.argv])
   mesh = Mesh.create()
   check_batch_size(config.batch_size, mesh)
-  logging.info('%d processes, %d devices: %s', jax.process_count(), mesh.size,
-               jax.devices()[0].device_kind)
+  with run_dir.lock(workdir, command):
+    # Weights first: a missing folder fails before any data is read.
+    base_params, weights_meta = load_base_weights(config)
+    run_dir.check_experiment(workdir, config, weights_meta)
+    finished = run_dir.finished_results(workdir, config)
+    if finished:
+      say(f'{workdir} has finished its {config.num_epochs} epochs; its results are in '
+          f'{run_dir.path(workdir, run_dir.RESULTS)}.')
+      return finished
+    say(f'{config.model} into {workdir}: {mesh.size} x {jax.devices()[0].device_kind} '
+        f'({jax.process_count()} process{"es" if jax.process_count() > 1 else ""})')
+    return _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, command,
+                               commit, session_start)
 
-  # Weights first: a missing folder fails before any data is read.
-  base_params, weights_meta = load_base_weights(config)
 
+def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, command, commit,
+                        session_start):
+  """train_and_evaluate, in its run directory's lock, once the experiment is checked."""
   # Input.
   splits = input_pipeline.load_splits(config, workdir=workdir)
   train_split = splits['train']
@@ -458,17 +390,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   labels = trainable_labels(state.params, config)
   param_counts = {'trainable': count_params(state.params, labels),
                   'total': count_params(state.params)}
-  logging.info('Parameters: %s', param_counts)
+  say(f"Parameters: {param_counts['trainable']:,} trained of {param_counts['total']:,}")
 
   # Resume, before writing anything: a refused resume leaves the run's config.json as it was.
-  managers = checkpoint_managers(workdir)
-  state, progress = restore_checkpoint(managers['latest'], state, mesh.replicated)
-  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  write_json(os.path.join(workdir, 'weights_metadata.json'), weights_meta)
+  managers = checkpoints.managers(workdir)
+  state, progress = checkpoints.restore_latest(managers['latest'], state, mesh.replicated)
+  run_dir.write_json(run_dir.path(workdir, run_dir.CONFIG), config.to_dict())
+  run_dir.write_json(run_dir.path(workdir, run_dir.WEIGHTS_METADATA), weights_meta)
   progress = progress or {'epoch': 0, 'best_valid_accuracy': -1.0, 'best_epoch': 0,
                           'train_seconds': 0.0}
   if progress['epoch']:
-    logging.info('Resuming after epoch %d from %s.', progress['epoch'], workdir)
+    say(f"Resuming after epoch {progress['epoch']} from {workdir}.")
+  # Seconds of the sessions before this one (runs saved before it was kept: their training).
+  earlier_seconds = progress.get('total_seconds', progress['train_seconds'])
   state = jax.device_put(state, mesh.replicated)
 
   # Features of a frozen base, computed once.
@@ -479,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   feature_seconds = time.time() - feature_start
 
   step = jit_train_step(mesh, stop_base_gradient=base_is_frozen(config))
-  writer = MetricsWriter(workdir, progress['epoch'])
+  writer = run_dir.MetricsWriter(workdir, progress['epoch'])
   for epoch in range(progress['epoch'] + 1, config.num_epochs + 1):
     epoch_start = time.time()
     batches = input_pipeline.train_batches(
@@ -516,29 +450,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         'train_images_per_second': totals['count'] / epoch_seconds,
     }
     writer.write(epoch, values)
-    logging.info('epoch %d: %s', epoch, {k: round(v, 4) for k, v in values.items()})
+    say(f"epoch {epoch}/{config.num_epochs}: train loss {values['train_loss']:.4f} accuracy "
+        f"{values['train_accuracy']:.4f} | valid loss {values['valid_loss']:.4f} accuracy "
+        f"{values['valid_accuracy']:.4f} | {values['train_images_per_second']:.0f} img/s, "
+        f"{epoch_seconds:.0f} s")
 
     progress = {**progress, 'epoch': epoch,
-                'train_seconds': progress['train_seconds'] + epoch_seconds}
+                'train_seconds': progress['train_seconds'] + epoch_seconds,
+                'total_seconds': earlier_seconds + time.time() - session_start}
     if valid['accuracy'] > progress['best_valid_accuracy']:
       progress.update(best_valid_accuracy=valid['accuracy'], best_epoch=epoch)
-      save_checkpoint(managers['best'], epoch, state.variables, progress)
-    save_checkpoint(managers['latest'], epoch, state, progress)
+      checkpoints.save(managers['best'], epoch, state.variables, progress)
+    checkpoints.save(managers['latest'], epoch, state, progress)
   writer.close()
 
   # The best checkpoint on the test split.
-  best = restore_best_variables(managers['best'], state.variables, mesh.replicated)
+  best = checkpoints.restore_best(managers['best'], state.variables, mesh.replicated)
   logits = {split: predict_logits(mesh, model.apply, best, splits[split],
                                   config.eval_batch_size,
                                   features=features[split] if use_cache else None, desc=split)
             for split in ('valid', 'test')}  # Valid: what calibration is fitted on.
-  test_logits = logits['test']
   results = {
-      'model': config.model, 'split': 'test',
-      'metrics': metrics_lib.classification_metrics(splits['test'].labels, test_logits),
+      'version': run_dir.RESULTS_VERSION, 'model': config.model, 'split': 'test',
+      'metrics': metrics_lib.classification_metrics(splits['test'].labels, logits['test']),
       'best_epoch': progress['best_epoch'], 'num_epochs': config.num_epochs,
+      'epochs_trained': progress['epoch'],
       'train_seconds': progress['train_seconds'], 'feature_seconds': feature_seconds,
-      'total_seconds': time.time() - start,
+      'total_seconds': earlier_seconds + time.time() - session_start,
       'train_images_per_second': (progress['epoch'] * steps_per_epoch * config.batch_size /
                                   max(progress['train_seconds'], 1e-9)),
       'params': param_counts,
@@ -549,27 +487,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'git_commit': commit,
       'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
       'platform': f'{platform.platform()}, {os.cpu_count()} CPUs, jax {jax.__version__}',
-      'command': shlex.join([os.path.basename(sys.executable), *sys.argv]),
-      'finished_utc': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+      'command': command,
+      'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
   }
-  write_json(os.path.join(workdir, 'results.json'), results)
+  run_dir.write_json(run_dir.path(workdir, run_dir.RESULTS), results)
   for split, split_logits in logits.items():
-    write_predictions(os.path.join(workdir, f'predictions_{split}.csv'), splits[split],
-                      split_logits)
-  logging.info('Test: %s', {k: v for k, v in results['metrics'].items() if np.isscalar(v)})
+    run_dir.write_predictions(workdir, split, splits[split].paths, splits[split].labels,
+                              metrics_lib.sigmoid(split_logits))
+  test = results['metrics']
+  say(f"test (best epoch {progress['best_epoch']}): accuracy {test['accuracy']:.4f}, balanced "
+      f"accuracy {test['balanced_accuracy']:.4f}, ROC AUC {test['roc_auc']:.4f}; results in "
+      f"{run_dir.path(workdir, run_dir.RESULTS)}")
   return results
-
-
-def restore_best_variables(manager, variables, sharding):
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(with_sharding(variables, sharding))))
-  return restored.state
-
-
-def write_predictions(path, split, logits):
-  if jax.process_index() != 0:
-    return
-  with open(path, 'w') as f:
-    f.write('path,label,p_male\n')
-    for rel, label, p in zip(split.paths, split.labels, metrics_lib.sigmoid(logits)):
-      f.write(f'{rel},{int(label)},{p:.6f}\n')

@@ -126,24 +126,28 @@ def test_a_sweep_stopped_part_way_finishes_only_its_missing_points(
   experiments = study.experiment_configs(['custom'], f'{TINY}:custom', {
       'data_dir': str(synthetic_faces), 'tfds_dir': str(tmp_path / 'tfds'), 'num_epochs': 1})
   points = study.sweep_points(experiments, sizes=[16, 32], seeds=[0, 1])
-  trained = []
   train_and_evaluate = study.train.train_and_evaluate
+  calls = []
 
-  def stopped_after_two(config, workdir):
-    if len(trained) == 2:
-      raise KeyboardInterrupt  # Ctrl-C during the third point.
-    trained.append(workdir)
-    return train_and_evaluate(config, workdir)
+  def stopped_in_the_third_point(config, workdir, command=None):
+    calls.append(workdir)
+    if len(calls) == 3:
+      raise KeyboardInterrupt  # Ctrl-C.
+    return train_and_evaluate(config, workdir, command)
 
-  monkeypatch.setattr(study.train, 'train_and_evaluate', stopped_after_two)
+  monkeypatch.setattr(study.train, 'train_and_evaluate', stopped_in_the_third_point)
   with pytest.raises(KeyboardInterrupt):
     study.run_study(points, str(tmp_path / 'sweep'))
-  monkeypatch.setattr(study.train, 'train_and_evaluate',
-                      lambda c, w: trained.append(w) or train_and_evaluate(c, w))
+  files = lambda point: {f: (tmp_path / 'sweep' / point / f).stat().st_mtime_ns
+                         for f in ('results.json', 'metrics.jsonl', 'predictions_test.csv')}
+  finished = {p.name: files(p.name) for p in points[:2]}
+  assert not (tmp_path / 'sweep' / points[2].name / 'results.json').exists()
+
+  monkeypatch.setattr(study.train, 'train_and_evaluate', train_and_evaluate)
   record = study.run_study(points, str(tmp_path / 'sweep'))
-  names = [os.path.relpath(w, tmp_path / 'sweep') for w in trained]
-  assert names == [p.name for p in points]  # Each point trained once, over the two runs.
+  assert {name: files(name) for name in finished} == finished  # Left as they were.
   assert {e['status'] for e in record['experiments'].values()} == {'done'}
+  assert all((tmp_path / 'sweep' / p.name / 'results.json').exists() for p in points[2:])
   protocol = lambda p, split: (tmp_path / 'sweep' / p / 'protocol' / f'{split}.txt').read_text()
   assert protocol('custom/train16_seed0', 'test') == protocol('custom/train32_seed1', 'test')
   assert len(protocol('custom/train32_seed1', 'train').splitlines()) == 32

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from gender_jax import checkpoints
 from gender_jax import evaluate
 from gender_jax import inference
 from gender_jax import pretrained
+from gender_jax import run_dir
 from gender_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,8 +39,8 @@ def restore_latest(workdir):
   trained = inference.load_trained(workdir)  # For the run's model and config.
   abstract = jax.eval_shape(lambda: train.create_train_state(
       trained.config, trained.model, jax.random.PRNGKey(0), steps_per_epoch=1))
-  state, _ = train.restore_checkpoint(
-      train.checkpoint_managers(workdir)['latest'], abstract,
+  state, _ = checkpoints.restore_latest(
+      checkpoints.managers(workdir)[checkpoints.LATEST], abstract,
       jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   return jax.device_get(state.params)
 
@@ -73,7 +75,7 @@ def test_custom_run_writes_every_output(custom_run):
                'predictions_test.csv', 'protocol/train.txt', 'checkpoints/best',
                'checkpoints/latest', 'tensorboard'):
     assert (workdir / name).exists(), name
-  epochs = train.read_metrics(workdir)
+  epochs = run_dir.read_metrics(workdir)
   assert [e['epoch'] for e in epochs] == [1, 2]
   assert set(epochs[0]) >= {'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy'}
   saved = json.loads((workdir / 'results.json').read_text())
@@ -136,10 +138,14 @@ def test_resuming_with_another_model_fails_clearly_and_keeps_the_runs_config(cus
   other = config.copy_and_resolve_references()
   other.custom_channels = (4, 16)
   other.num_epochs = config.num_epochs + 1
-  with pytest.raises(train.CheckpointMismatchError, match='new --workdir'):
+  with pytest.raises(run_dir.ExperimentMismatchError,
+                     match=r'custom_channels: \[4, 8\] -> \[4, 16\].*new --workdir'):
     train.train_and_evaluate(other, str(copy))
   assert (copy / 'config.json').read_text() == saved_config
   assert evaluate.evaluate(str(copy))['metrics']['accuracy'] == results['metrics']['accuracy']
+  (copy / 'config.json').unlink()  # Without the record, the checkpoint itself does not fit.
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='new --workdir'):
+    train.train_and_evaluate(other, str(copy))
 
 
 def test_results_name_the_commit_the_run_started_from(synthetic_faces, tmp_path, monkeypatch):
@@ -205,7 +211,7 @@ def test_cached_features_give_the_same_results_as_images(vggface_runs):
   assert list((cached_dir.parent / 'tfds').rglob('*.features-*.npy'))  # The shared cache.
   assert cached['metrics']['confusion_matrix'] == uncached['metrics']['confusion_matrix']
   assert cached['metrics']['loss'] == pytest.approx(uncached['metrics']['loss'], rel=1e-4)
-  for x, y in zip(train.read_metrics(cached_dir), train.read_metrics(uncached_dir)):
+  for x, y in zip(run_dir.read_metrics(cached_dir), run_dir.read_metrics(uncached_dir)):
     assert x['train_loss'] == pytest.approx(y['train_loss'], rel=1e-4)
     assert x['valid_loss'] == pytest.approx(y['valid_loss'], rel=1e-4)
 
@@ -241,7 +247,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   monkeypatch.setattr(train, 'binary_cross_entropy', lambda logits, labels: logits * np.nan)
   with pytest.raises(train.NonFiniteLossError, match='epoch 2'):
     train.train_and_evaluate(config, workdir)
-  assert train.checkpoint_managers(workdir)['latest'].latest_step() == 1
+  assert checkpoints.managers(workdir)[checkpoints.LATEST].latest_step() == 1
 
 
 @pytest.mark.skipif(jax.device_count() != 4, reason='needs the 4 fake CPU devices of conftest')
@@ -304,5 +310,5 @@ def test_killed_run_resumes_to_the_same_results(synthetic_faces, tmp_path):
                        for n in ('straight', 'killed'))
   assert resumed['metrics'] == straight['metrics']
   learned = ('epoch', 'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy')
-  assert ([{k: e[k] for k in learned} for e in train.read_metrics(workdir)] ==
-          [{k: e[k] for k in learned} for e in train.read_metrics(tmp_path / 'straight')])
+  assert ([{k: e[k] for k in learned} for e in run_dir.read_metrics(workdir)] ==
+          [{k: e[k] for k in learned} for e in run_dir.read_metrics(tmp_path / 'straight')])

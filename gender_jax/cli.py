@@ -1,0 +1,52 @@
+"""What every command line shares: one line for a user's mistake, quiet library logging.
+
+A mistake in what the user asked for (a gender_jax.UserError) or a fault of the environment (a
+missing or read-only path, a full disk) ends the command with `error: ...` and exit status 1;
+a traceback means a bug. Library INFO logging (checkpointing, datasets) is hidden unless asked
+for with --verbosity=0 (or higher).
+"""
+import errno
+import os
+import shlex
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from gender_jax import UserError
+
+_ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                       errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def environment_fault(error):
+  """One line for an OSError of the environment, or None for any other error."""
+  if not isinstance(error, OSError) or error.errno not in _ENVIRONMENT_ERRNOS:
+    return None
+  where = ' -> '.join(str(f) for f in (error.filename, error.filename2) if f)
+  return f'{os.strerror(error.errno)}' + (f': {where}' if where else f' ({error})')
+
+
+def command_line(module):
+  """The command as the user typed it, with the module's name instead of its file's path."""
+  return shlex.join(['python', '-m', module, *sys.argv[1:]])
+
+
+def run(main):
+  """app.run(main) with one-line errors and quiet logging."""
+  def wrapped(argv):
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
+    try:
+      return main(argv)
+    except app.UsageError:
+      raise  # absl prints these with the usage line.
+    except UserError as e:
+      raise SystemExit(f'error: {e}') from None
+    except OSError as e:
+      fault = environment_fault(e)
+      if fault is None:
+        raise
+      raise SystemExit(f'error: {fault}') from None
+  app.run(wrapped)

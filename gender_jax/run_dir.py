@@ -1,0 +1,267 @@
+"""The run directory: every file a run writes, what each holds, and how far the run got.
+
+  <workdir>/
+    config.json             the run's whole config (face_template filled in by the run)
+    weights_metadata.json   the converted base weights' metadata; null for the custom model
+    protocol/<split>.txt    the files of each split, path TAB label (no_face_<split>.txt too)
+    metrics.jsonl           one line per trained epoch
+    checkpoints/            latest and best (gender_jax/checkpoints.py)
+    tensorboard/            the same epoch metrics for TensorBoard
+    results.json            what the finished run trained and how it scored on test
+    predictions_<split>.csv path,label,p_male of the best checkpoint on valid and test
+    eval_<name>.json        gender_jax.evaluate's results
+    run.lock                held by the process training here
+
+The other modules read and write runs only through this one.
+"""
+import contextlib
+import csv
+import errno
+import fcntl
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from gender_jax import UserError
+
+CONFIG = 'config.json'
+WEIGHTS_METADATA = 'weights_metadata.json'
+PROTOCOL = 'protocol'
+METRICS = 'metrics.jsonl'
+CHECKPOINTS = 'checkpoints'
+TENSORBOARD = 'tensorboard'
+RESULTS = 'results.json'
+LOCK = 'run.lock'
+STUDY = 'study.json'  # A study's folder: its record, beside one run directory per point.
+RESULTS_VERSION = 2  # 2: epochs_trained, seconds over every resume, command as typed.
+
+# Config fields that say where things are or how big evaluation batches are, not what is
+# computed: a rerun may change them. The weights' own identity is checked through their metadata.
+NOT_RESULTS = ('tfds_dir', 'eval_batch_size', 'weights', 'face_detector_weights')
+
+
+class ExperimentMismatchError(UserError, ValueError):
+  """A rerun asked for another experiment than the run directory holds."""
+
+
+class RunInUseError(UserError, RuntimeError):
+  """Another process is training in the run directory."""
+
+
+class NoRunError(UserError, FileNotFoundError):
+  """A folder given as a run directory holds no (finished) run."""
+
+
+def path(workdir, name):
+  return os.path.join(workdir, name)
+
+
+def predictions_file(split):
+  return f'predictions_{split}.csv'
+
+
+def evaluation_file(name):
+  return f'eval_{name}.json'
+
+
+def protocol_file(workdir, name):
+  return os.path.join(workdir, PROTOCOL, f'{name}.txt')
+
+
+# --- Files -----------------------------------------------------------------------------------
+
+
+def write_json(file_path, value):
+  """Writes JSON atomically (a temporary file renamed), on process 0 only."""
+  if jax.process_index() != 0:
+    return
+  tmp = f'{file_path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2, default=str)
+  os.replace(tmp, file_path)
+
+
+def read_json(file_path):
+  with open(file_path) as f:
+    return json.load(f)
+
+
+def read_metrics(workdir):
+  """One dict per epoch, in epoch order; a resumed run that logged an epoch twice keeps the last."""
+  file_path = path(workdir, METRICS)
+  if not os.path.exists(file_path):
+    return []
+  by_epoch = {}
+  with open(file_path) as f:
+    for line in f:
+      if line.strip():
+        entry = json.loads(line)
+        by_epoch[entry['epoch']] = entry
+  return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+class MetricsWriter:
+  """Epoch metrics to metrics.jsonl and TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir, resume_epoch):
+    self.enabled = jax.process_index() == 0
+    self.path = path(workdir, METRICS)
+    if not self.enabled:
+      return
+    # A resumed run rewrites the epochs after its checkpoint, so lines are never duplicated.
+    kept = [e for e in read_metrics(workdir) if e['epoch'] <= resume_epoch]
+    with open(self.path, 'w') as f:
+      f.writelines(json.dumps(e) + '\n' for e in kept)
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    self.tensorboard = tensorboardX.SummaryWriter(path(workdir, TENSORBOARD))
+
+  def write(self, epoch, values):
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'epoch': epoch, **values}) + '\n')
+    for name, value in values.items():
+      self.tensorboard.add_scalar(name, value, epoch)
+    self.tensorboard.flush()
+
+  def close(self):
+    if self.enabled:
+      self.tensorboard.close()
+
+
+def write_predictions(workdir, split, paths, labels, p_male):
+  if jax.process_index() != 0:
+    return
+  with open(path(workdir, predictions_file(split)), 'w') as f:
+    f.write('path,label,p_male\n')
+    for rel, label, p in zip(paths, labels, p_male):
+      f.write(f'{rel},{int(label)},{p:.6f}\n')
+
+
+def read_predictions(workdir, split):
+  """(paths, labels, p_male) of predictions_<split>.csv, or None if the run did not write it."""
+  file_path = path(workdir, predictions_file(split))
+  if not os.path.exists(file_path):
+    return None
+  with open(file_path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  return ([r['path'] for r in rows], np.array([int(r['label']) for r in rows], np.int64),
+          np.array([float(r['p_male']) for r in rows], np.float64))
+
+
+# --- One experiment per run directory --------------------------------------------------------
+
+
+def _as_json(value):
+  return json.loads(json.dumps(value))  # Tuples as the record's lists.
+
+
+def config_changes(recorded, requested):
+  """[(field, recorded value, requested value)] of changes that would change the results.
+
+  num_epochs may grow (the run trains on); a face_template left empty is derived by the run;
+  fields the record lacks (added to gender_jax since) cannot be compared.
+  """
+  requested = _as_json(requested)
+  changes = []
+  for field in sorted(set(recorded) & set(requested)):
+    old, new = recorded[field], requested[field]
+    if (field in NOT_RESULTS or old == new or (field == 'face_template' and not new) or
+        (field == 'num_epochs' and new > old)):
+      continue
+    changes.append((field, old, new))
+  return changes
+
+
+def check_experiment(workdir, config, weights_metadata):
+  """Refuses to run `config` in a run directory that holds another experiment."""
+  config_path = path(workdir, CONFIG)
+  if not os.path.exists(config_path):
+    return
+  changes = config_changes(read_json(config_path), config.to_dict())
+  recorded_weights = path(workdir, WEIGHTS_METADATA)
+  if os.path.exists(recorded_weights):
+    old = (read_json(recorded_weights) or {}).get('h5_sha256')
+    new = (weights_metadata or {}).get('h5_sha256')
+    if old != new:
+      changes.append(('weights (h5 sha256)', old, new))
+  if changes:
+    listed = '; '.join(f'{field}: {old!r} -> {new!r}' for field, old, new in changes)
+    raise ExperimentMismatchError(
+        f'{workdir} holds another experiment ({listed}). Rerun with the config it was started '
+        f'with ({config_path}), or choose a new --workdir.')
+
+
+def check_protocol_file(workdir, name, text):
+  """Writes protocol/<name>.txt, or checks that the run's own list is the same."""
+  file_path = protocol_file(workdir, name)
+  if os.path.exists(file_path):
+    with open(file_path) as f:
+      if f.read() != text:  # Resuming on other examples would mix two experiments.
+        raise ExperimentMismatchError(
+            f'{file_path} lists other files than this config draws from the data folder (has '
+            'the folder changed?); rerun on the data the run was started with, or choose a new '
+            '--workdir.')
+    return
+  if name == 'train' and os.path.isdir(path(workdir, CHECKPOINTS)):
+    raise ExperimentMismatchError(
+        f'{file_path} is missing but {workdir} holds checkpoints: the images the run trained on '
+        'are unknown. Restore that file, or choose a new --workdir.')
+  os.makedirs(os.path.dirname(file_path), exist_ok=True)
+  tmp = f'{file_path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, file_path)
+
+
+@contextlib.contextmanager
+def lock(workdir, command):
+  """Holds workdir/run.lock while a run trains there; the kernel frees it if the process dies."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(path(workdir, LOCK), 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise RunInUseError(f'{workdir} is in use by {holder}; wait for it to finish (or stop it), '
+                          'or choose another --workdir.') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'process {os.getpid()} since {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}'
+            f' ({command or "command not recorded"})\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      f.seek(0)
+      f.truncate()
+
+
+# --- How far a run got -----------------------------------------------------------------------
+
+
+def finished_results(workdir, config):
+  """results.json of a run of `config` that has trained all its epochs, else None."""
+  results_path = path(workdir, RESULTS)
+  if not os.path.exists(results_path):
+    return None
+  results = read_json(results_path)
+  trained = results.get('epochs_trained', results.get('num_epochs'))
+  return results if trained >= config.num_epochs else None
+
+
+def status(workdir):
+  """'finished', or 'epoch k of n' for a run that has not finished (k = 0: none trained)."""
+  if os.path.exists(path(workdir, RESULTS)):
+    return 'finished'
+  num_epochs = read_json(path(workdir, CONFIG)).get('num_epochs')
+  return f'epoch {len(read_metrics(workdir))} of {num_epochs}'
