@@ -33,6 +33,22 @@ def command_line(module):
   return shlex.join(['python', '-m', module, *sys.argv[1:]])
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with one line for a --config.field the config does not have."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections' word for an unknown field.
+    message = e
+    while isinstance(message, (AttributeError, KeyError)) and message.args:
+      message = message.args[0]  # KeyError('field\nDid you mean ...'), wrapped in others.
+    lines = str(message).split('\n')
+    field = lines[0].strip('\'"')
+    given = next((a.split('=')[0] for a in argv if a.startswith('--config.') and
+                  a.split('=')[0].endswith(field)), f'--config.{field}')
+    hint = next((f' ({line.strip()})' for line in lines[1:] if line.strip()), '')
+    raise SystemExit(f'error: {given}: the config has no field {field!r}{hint}.') from None
+
+
 def run(main):
   """app.run(main) with one-line errors and quiet logging."""
   def wrapped(argv):
@@ -49,4 +65,4 @@ def run(main):
       if fault is None:
         raise
       raise SystemExit(f'error: {fault}') from None
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)

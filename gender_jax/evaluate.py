@@ -8,7 +8,6 @@ folder's images are also grouped by each extra column of the CSV (age by decade,
 metrics per group in the JSON and the table, and a bar chart in eval_<name>_groups.png.
 """
 import csv
-import json
 import math
 import os
 import posixpath
@@ -25,6 +24,7 @@ from gender_jax import cli
 from gender_jax import inference
 from gender_jax import input_pipeline
 from gender_jax import metrics as metrics_lib
+from gender_jax import run_dir
 from gender_jax import stats
 
 FLAGS = flags.FLAGS
@@ -173,9 +173,10 @@ def plot_groups(groups, overall_accuracy, path):
 
 def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=256,
              labels_csv=None):
-  """Metrics of the run's best checkpoint; the same protocol files the run used.
+  """Metrics of the run's best checkpoint on a split of its protocol, or on a folder of faces.
 
-  With labels_csv (and a folder), also metrics per group of each of the CSV's columns.
+  With labels_csv (and a folder), also metrics per group of each of the CSV's columns. Written
+  to workdir/eval_<name>.json, named for what was evaluated (run_dir.evaluation_name).
   """
   if labels_csv and not folder:
     raise LabelsCsvError('--labels_csv needs --folder: its paths are relative to that folder.')
@@ -183,17 +184,16 @@ def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=256,
     table, columns = read_labels_csv(labels_csv)  # Fails before the slow work.
   trained = inference.load_trained(workdir)
   config = trained.config
+  name = run_dir.evaluation_name(split, folder, data_dir, config.data_dir)
   if folder:
     detector, _ = input_pipeline.load_detector(config)  # The run's own face pipeline.
     data = input_pipeline.load_folder(folder, config, detector)
-    name = os.path.basename(os.path.normpath(folder))
   else:
-    if data_dir:
-      config.data_dir = data_dir
+    config.data_dir = data_dir or config.data_dir
     data = input_pipeline.load_splits(config, splits=(split,))[split]
-    name = split
   logits = inference.predict_logits(trained, data.images, batch_size)
-  result = {'workdir': os.path.abspath(workdir), 'evaluated': folder or split,
+  evaluated = folder or (split if name == split else f'{split} split of {data_dir}')
+  result = {'workdir': os.path.abspath(workdir), 'evaluated': evaluated,
             'checkpoint_epoch': trained.epoch,
             'metrics': metrics_lib.classification_metrics(data.labels, logits)}
   if labels_csv:
@@ -203,8 +203,7 @@ def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=256,
     if result['groups']:
       result['groups_figure'] = os.path.join(workdir, f'eval_{name}_groups.png')
       plot_groups(result['groups'], result['metrics']['accuracy'], result['groups_figure'])
-  with open(os.path.join(workdir, f'eval_{name}.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  run_dir.write_json(run_dir.path(workdir, run_dir.evaluation_file(name)), result)
   return result
 
 

@@ -23,6 +23,7 @@ import tqdm
 
 from gender_jax import LABELS
 from gender_jax import cli
+from gender_jax import config_check
 from gender_jax import face_dataset
 from gender_jax import faces
 from gender_jax import run_dir
@@ -670,6 +671,7 @@ def main(argv):
                'image_size', 'resize', 'max_bad_fraction'):
     if FLAGS[name].value is not None:
       config[name] = FLAGS[name].value
+  config_check.check(config)
   _, table = _load(config, FLAGS.workdir, SPLITS)
   print('\n'.join(table))
 

@@ -1,5 +1,5 @@
 """Flax models: a convolutional base under a dense head, params {'base': ..., 'head': ...}."""
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -132,6 +132,24 @@ class Classifier(nn.Module):
     return self.classify(self.encode(images, train=train), train=train)
 
 
+class ModelInfo(NamedTuple):
+  """What the rest of gender_jax needs to know of a model, by its config.model name."""
+  weights_source: str | None  # The converted weights its base loads; None: trained from scratch.
+  blocks: Callable[[Any], int]  # How many times its base halves the image, from the config.
+
+  def min_image_size(self, config):
+    return 2 ** self.blocks(config)  # At least one pixel left after the last pooling.
+
+
+REGISTRY = {
+    'custom': ModelInfo(None, lambda config: len(config.custom_channels)),
+    'vgg16': ModelInfo('imagenet', lambda config: len(VGG16_BLOCKS)),
+    'vggface': ModelInfo('vggface', lambda config: len(VGG16_BLOCKS)),
+}
+NORMS = ('none', 'batch', 'group')
+POOLINGS = ('flatten', 'gap')
+
+
 def create_model(config, preprocessing_name=None):
   """Builds the classifier a config asks for.
 
@@ -144,12 +162,10 @@ def create_model(config, preprocessing_name=None):
                       convs_per_block=config.custom_convs_per_block, norm=config.custom_norm,
                       dtype=dtype)
     preprocessing_name = 'unit'
-  elif config.model in ('vgg16', 'vggface'):
+  elif REGISTRY[config.model].weights_source:
     base = VGG16Base(dtype=dtype)
     if preprocessing_name is None:
       raise ValueError('A pretrained base needs the preprocessing named in its weights metadata.')
-  else:
-    raise ValueError(f"Unknown model {config.model!r}; expected 'custom', 'vgg16' or 'vggface'.")
   head = DenseHead(hidden=tuple(config.head_hidden), dropout_rate=config.dropout_rate,
                    input_dropout_rate=config.head_input_dropout,
                    pooling=config.head_pooling)

@@ -16,7 +16,6 @@ import orbax.checkpoint as ocp
 from gender_jax import UserError
 from gender_jax import models
 
-SOURCE_OF_MODEL = {'vgg16': 'imagenet', 'vggface': 'vggface'}
 # Each source's input normalisation, a name in gender_jax.preprocessing.
 PREPROCESSING_OF_SOURCE = {'imagenet': 'caffe_imagenet', 'vggface': 'vggface_v1'}
 # The public notop (no fully connected top) h5 files.

@@ -67,6 +67,20 @@ def evaluation_file(name):
   return f'eval_{name}.json'
 
 
+def evaluation_name(split, folder=None, data_dir=None, own_data_dir=None):
+  """What an evaluation is named for: the run's own split, or the other images it was given.
+
+  Never a name of the run's own evaluations: a folder called 'test' is 'folder_test', the test
+  split of another data folder is 'test_<folder>'.
+  """
+  if folder:
+    name = os.path.basename(os.path.normpath(folder))
+    return f'folder_{name}' if name in ('train', 'valid', 'test') else name
+  if data_dir and os.path.abspath(data_dir) != os.path.abspath(own_data_dir or ''):
+    return f'{split}_{os.path.basename(os.path.normpath(data_dir))}'
+  return split
+
+
 def protocol_file(workdir, name):
   return os.path.join(workdir, PROTOCOL, f'{name}.txt')
 

@@ -31,12 +31,14 @@ from ml_collections import config_flags
 
 import configs.default
 from gender_jax import cli
+from gender_jax import config_check
+from gender_jax import models as models_lib
 from gender_jax import pretrained
 from gender_jax import report
 from gender_jax import run_dir
 from gender_jax import train
 
-MODELS = ('custom', 'vgg16', 'vggface')
+MODELS = tuple(models_lib.REGISTRY)
 
 
 def _config_family(path):
@@ -56,7 +58,8 @@ def experiment_configs(models, config_filename, overrides):
   if 'model' in overrides:
     raise app.UsageError('The study runs several models: choose them with --models, not '
                          '--config.model.')
-  if 'weights' in overrides and len(set(models) & set(pretrained.SOURCE_OF_MODEL)) > 1:
+  if 'weights' in overrides and sum(
+      models_lib.REGISTRY[m].weights_source is not None for m in models) > 1:
     raise app.UsageError('--config.weights would give vgg16 and vggface the same weights folder; '
                          'each has its own (configs/vgg16.py, configs/vggface.py). Convert them '
                          'there, or run one pretrained model per study.')
@@ -209,6 +212,8 @@ def main(argv):
                                    config_flags.get_config_filename(FLAGS['config']),
                                    config_flags.get_override_values(FLAGS['config']))
   points = sweep_points(experiments, _integers('sizes', minimum=1), _integers('seeds', minimum=0))
+  for point in points:  # Every point's mistakes before the first point's work.
+    config_check.check(point.config, jax.device_count())
   command = cli.command_line('gender_jax.study')
   study = run_study(points, FLAGS.workdir, command)
   print(summary(study, FLAGS.workdir))

@@ -26,6 +26,7 @@ import tqdm
 
 from gender_jax import UserError
 from gender_jax import checkpoints
+from gender_jax import config_check
 from gender_jax import feature_cache
 from gender_jax import input_pipeline
 from gender_jax import metrics as metrics_lib
@@ -47,9 +48,9 @@ def load_base_weights(config):
   A pretrained model without converted weights fails with the commands that make them, unless
   `allow_random_base` is set: then the base stays random and the metadata says so loudly.
   """
-  if config.model == 'custom':
+  source = models.REGISTRY[config.model].weights_source
+  if source is None:
     return None, None
-  source = pretrained.SOURCE_OF_MODEL[config.model]
   try:
     return pretrained.load(config.weights, expected_source=source)
   except pretrained.MissingWeightsError:
@@ -357,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   commit = git_commit()  # Now: the code may change while a long run trains.
   command = command or shlex.join([os.path.basename(sys.executable), *sys.argv])
   mesh = Mesh.create()
-  check_batch_size(config.batch_size, mesh)
+  config_check.check(config, mesh.size)
   with run_dir.lock(workdir, command):
     # Weights first: a missing folder fails before any data is read.
     base_params, weights_meta = load_base_weights(config)

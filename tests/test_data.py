@@ -308,7 +308,7 @@ def test_command_line_prints_the_table_and_writes_the_lists(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'gender_jax.input_pipeline', f'--data_dir={folder}',
        f'--tfds_dir={tmp_path / "tfds"}', f'--workdir={tmp_path / "work"}', '--num_train=20',
-       '--num_valid=-1', '--num_test=-1', '--image_size=8'],
+       '--num_valid=-1', '--num_test=-1', '--image_size=16'],
       cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, check=True)
   table = [line.split() for line in result.stdout.splitlines()]
   assert ['unsplit', 'female', '30', '0', '30', '-'] in table

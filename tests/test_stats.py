@@ -274,9 +274,9 @@ def test_groups_are_the_metrics_of_each_csv_column(run_dir, eval_folder, monkeyp
   assert age['largest_gap'] == {'gap': pytest.approx(10 / 22), 'highest': '40-49',
                                 'lowest': '20-29', 'min_count': 20}
   assert race['groups']['white']['accuracy'] == race['groups']['black']['accuracy'] == 0.8
-  saved = json.loads((run_dir / 'eval_test.json').read_text())
+  saved = json.loads((run_dir / 'eval_folder_test.json').read_text())
   assert saved['groups'] == json.loads(json.dumps(result['groups']))
-  with Image.open(run_dir / 'eval_test_groups.png') as image:
+  with Image.open(run_dir / 'eval_folder_test_groups.png') as image:
     assert image.size[0] > 100 and np.asarray(image.convert('L')).std() > 0
   table = evaluate.format_table(result)
   assert 'by age: largest accuracy gap 0.4545 (40-49 vs 20-29' in table
@@ -293,8 +293,8 @@ def test_report_shows_each_evaluations_groups(run_dir, eval_folder, monkeypatch,
   section = text[text.index('## Accuracy by group'):text.index('## Calibration')]
   assert 'By age: largest accuracy gap 0.4545 (40-49 vs 20-29' in section
   assert '| 20-29 | 22 | 0.5455 [' in section and '| white | 25 | 0.8000 [' in section
-  assert f'(figures/{run_dir.name}_eval_test_groups.png)' in section
-  assert (tmp_path / 'figures' / f'{run_dir.name}_eval_test_groups.png').is_file()
+  assert f'(figures/{run_dir.name}_eval_folder_test_groups.png)' in section
+  assert (tmp_path / 'figures' / f'{run_dir.name}_eval_folder_test_groups.png').is_file()
 
 
 def test_evaluate_command_line_prints_groups_and_intervals(run_dir, eval_folder):
@@ -303,7 +303,7 @@ def test_evaluate_command_line_prints_groups_and_intervals(run_dir, eval_folder)
       [sys.executable, '-m', 'gender_jax.evaluate', f'--workdir={run_dir}', f'--folder={folder}',
        f'--labels_csv={labels_csv}'], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
-  result = json.loads((run_dir / 'eval_test.json').read_text())
+  result = json.loads((run_dir / 'eval_folder_test.json').read_text())
   m = result['metrics']
   assert m['num_examples'] == 50
   low, high = m['intervals']['accuracy']

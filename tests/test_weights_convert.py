@@ -221,7 +221,8 @@ def test_metadata_round_trips(h5_files, vggface_dir):
 
 
 def test_each_source_names_a_known_preprocessing():
-  assert set(pretrained.SOURCE_OF_MODEL.values()) == set(pretrained.PREPROCESSING_OF_SOURCE)
+  sources = {m.weights_source for m in models.REGISTRY.values()} - {None}
+  assert sources == set(pretrained.PREPROCESSING_OF_SOURCE)
   assert set(pretrained.PREPROCESSING_OF_SOURCE.values()) <= set(preprocessing.PREPROCESSINGS)
 
 
@@ -508,7 +509,7 @@ def test_load_of_damaged_params_is_missing_weights(vggface_dir, tmp_path):
 
 def test_load_refuses_another_sources_weights(vggface_dir):
   with pytest.raises(pretrained.WeightsMismatchError, match="holds 'vggface' weights"):
-    pretrained.load(vggface_dir, pretrained.SOURCE_OF_MODEL['vgg16'])
+    pretrained.load(vggface_dir, models.REGISTRY['vgg16'].weights_source)
 
 
 def _assert_suggests_only_safe_folders(message, source, flag='--config.weights'):

@@ -1,0 +1,96 @@
+"""Every field of an experiment config checked before any work, in one place.
+
+Each problem is one line naming the field, the value given and what is accepted; training,
+the study and the data tool call `check` first, so a mistake costs no data loading.
+"""
+from gender_jax import UserError
+from gender_jax import faces
+from gender_jax import models
+
+CHOICES = {
+    'model': tuple(models.REGISTRY),
+    'resize': faces.RESIZES,
+    'face_align': faces.FACE_ALIGNS,
+    'face_missing': ('resize', 'drop'),
+    'custom_norm': models.NORMS,
+    'head_pooling': models.POOLINGS,
+    'compute_dtype': ('float32', 'bfloat16', 'float16'),
+    'optimizer': ('adam', 'sgd'),
+    'lr_schedule': ('constant', 'cosine'),
+}
+# field: (lowest, highest, whether the lowest itself is accepted); None: no bound.
+RANGES = {
+    'num_epochs': (1, None, True), 'batch_size': (1, None, True),
+    'eval_batch_size': (1, None, True), 'learning_rate': (0, None, False),
+    'finetune_learning_rate': (0, None, False), 'weight_decay': (0, None, True),
+    'warmup_epochs': (0, None, True), 'dropout_rate': (0, 1, True),
+    'head_input_dropout': (0, 1, True), 'max_bad_fraction': (0, 1, True),
+    'seed': (0, None, True), 'train_seed': (-1, None, True), 'face_zoom': (0, None, False),
+    'augment_shift': (0, 1, True), 'augment_scale': (0, 1, True), 'augment_aspect': (0, 1, True),
+    'augment_rotate': (0, 180, True), 'augment_brightness': (0, 1, True),
+    'augment_contrast': (0, 1, True), 'augment_saturation': (0, 1, True),
+    'custom_convs_per_block': (1, None, True),
+}
+SPLIT_SIZES = ('num_train', 'num_valid', 'num_test')
+
+
+class ConfigError(UserError, ValueError):
+  """Fields of a config that cannot run; the message has a line per problem."""
+
+
+def problems(config, num_devices=1):
+  """The lines saying what is wrong with `config` for a run on num_devices; [] if nothing."""
+  found = []
+  bad = lambda field, accepted: found.append(
+      f'config.{field}={config[field]!r}: expected {accepted}.')
+  for field, choices in CHOICES.items():
+    if config[field] not in choices:
+      bad(field, 'one of ' + ', '.join(map(repr, choices)))
+  for field, (low, high, inclusive) in RANGES.items():
+    value = config[field]
+    too_low = value < low if inclusive else value <= low
+    if isinstance(value, bool) or too_low or (high is not None and value > high):
+      bad(field, f'{">=" if inclusive else ">"} {low}' + (f' and <= {high}' if high else ''))
+  for field in SPLIT_SIZES:
+    if config[field] < -1 or config[field] == 0:
+      bad(field, 'a number of images (>= 1), or -1 for all')
+  for field in ('batch_size', 'eval_batch_size'):
+    if config[field] >= 1 and config[field] % num_devices:
+      bad(field, f'a multiple of the {num_devices} devices, so every device gets a share')
+  if len(config.augment_frame) != 4 or not all(0 <= x < 1 for x in config.augment_frame):
+    bad('augment_frame', '4 fractions (left, top, right, bottom), each >= 0 and < 1')
+  if len(config.face_template) not in (0, 2 * faces.NUM_LANDMARKS):
+    bad('face_template', f'() (derived from the training faces) or {2 * faces.NUM_LANDMARKS} '
+        'numbers, (x, y) of each landmark')
+  if not config.custom_channels or not all(c >= 1 for c in config.custom_channels):
+    bad('custom_channels', 'one or more channel counts, each >= 1')
+  if not all(h >= 1 for h in config.head_hidden):
+    bad('head_hidden', 'widths of the hidden Dense layers, each >= 1 (or () for none)')
+  if found:  # The checks below need valid values of the fields above.
+    return found
+  info = models.REGISTRY[config.model]
+  smallest = info.min_image_size(config)
+  if config.image_size < smallest:
+    bad('image_size', f'>= {smallest}: {config.model} halves the image {info.blocks(config)} '
+        'times')
+  if info.weights_source is None:
+    if config.weights:
+      bad('weights', "'' (empty): the custom model trains from scratch, it loads no weights")
+    if config.finetune_blocks:
+      bad('finetune_blocks', '() for the custom model: all of it trains')
+  else:
+    names = {name.split('_')[0] for name in models.vgg16_layer_names()}
+    unknown = [b for b in config.finetune_blocks if b not in names]
+    if unknown:
+      bad('finetune_blocks', f'block names among {", ".join(sorted(names))}')
+  if config.warmup_epochs > config.num_epochs:
+    bad('warmup_epochs', f'<= num_epochs ({config.num_epochs})')
+  return found
+
+
+def check(config, num_devices=1):
+  """Raises ConfigError listing every problem of `config`, or returns it."""
+  found = problems(config, num_devices)
+  if found:
+    raise ConfigError('\n'.join(found) if len(found) > 1 else found[0])
+  return config
