@@ -56,9 +56,7 @@ def run(main):
       logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
-    except app.UsageError:
-      raise  # absl prints these with the usage line.
-    except UserError as e:
+    except (UserError, app.UsageError) as e:
       raise SystemExit(f'error: {e}') from None
     except OSError as e:
       fault = environment_fault(e)
