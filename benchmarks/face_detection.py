@@ -17,6 +17,7 @@ and the facenet-pytorch rate without it is printed too (the C++ kernel would tak
   python benchmarks/face_detection.py --images=1024 --rounds=3 --json=face_detection.json
 """
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -29,8 +30,6 @@ import numpy as np
 from PIL import Image
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(_REPO))
-sys.path.insert(0, str(_REPO / 'tests'))
 
 
 # configs/custom.py's template on the CelebA faces (the run's config.json has the derived one).
@@ -62,10 +61,19 @@ def load_photos(folder, count):
   return np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths[::step][:count]])
 
 
+def import_facenet_reference():
+  """tests/facenet_reference.py, loaded from its file (tests/ is not a package)."""
+  spec = importlib.util.spec_from_file_location('facenet_reference',
+                                                _REPO / 'tests' / 'facenet_reference.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
 def converted_weights(folder):
   if folder:
     return folder
-  import importlib.util  # pylint: disable=g-import-not-at-top
   from weights_convert import mtcnn  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(tempfile.mkdtemp()) / 'mtcnn'
   data = pathlib.Path(importlib.util.find_spec('facenet_pytorch').origin).parent / 'data'
@@ -88,7 +96,7 @@ def same_faces(ours, theirs):
 
 def main(argv=None):
   args = parse_args(argv)
-  import facenet_reference  # pylint: disable=g-import-not-at-top
+  facenet_reference = import_facenet_reference()
   mtcnn_class = facenet_reference.import_mtcnn()
   import torch  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top

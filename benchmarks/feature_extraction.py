@@ -7,19 +7,15 @@ JAX / PyTorch, both measured in this run. Warm-up (compilation, cuDNN autotuning
 
   python benchmarks/feature_extraction.py                       # CPU, 112 and 224 px, fp32/bf16
   python benchmarks/feature_extraction.py --device=gpu --batch=256 --iters=20
-  python benchmarks/feature_extraction.py --pipeline            # also train.extract_features
+  python benchmarks/feature_extraction.py --pipeline            # also evaluation.extract_features
 """
 import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)
 
 _CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 
@@ -34,7 +30,7 @@ def parse_args(argv=None):
   parser.add_argument('--warmup', type=int, default=1, help='Untimed passes first (compiles).')
   parser.add_argument('--frameworks', default='jax,torch', help='Which sides to run.')
   parser.add_argument('--pipeline', action='store_true',
-                      help="Also time gender_jax.train.extract_features over the device mesh, "
+                      help="Also time gender_jax.evaluation.extract_features over the device mesh, "
                            "the project's own path (host uint8 batches in, float32 numpy out).")
   parser.add_argument('--pipeline_images', type=int, default=0,
                       help='Images in the split the pipeline extracts (default: 4 batches).')
@@ -93,16 +89,16 @@ def jax_extractor(size, dtype, batch):
 
 
 def pipeline_extractor(size, dtype, batch, num_images):
-  """A call of train.extract_features on a split of `num_images` random uint8 images."""
-  from gender_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  """A call of evaluation.extract_features on a split of `num_images` random uint8 images."""
+  from gender_jax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
   model = jax_classifier(dtype)
   params = jax_params(dtype)
-  mesh = train.Mesh.create()
+  mesh = evaluation.Mesh.create()
   split = input_pipeline.Split(
       name='benchmark', images=random_images(num_images, size),
       labels=np.arange(num_images, dtype=np.int32) % 2,
       paths=[f'{i}.jpg' for i in range(num_images)], source_dir='')
-  return lambda: train.extract_features(mesh, model.apply, {'params': params}, split, batch)
+  return lambda: evaluation.extract_features(mesh, model.apply, {'params': params}, split, batch)
 
 
 # ---------------------------------------------------------------------------------------------

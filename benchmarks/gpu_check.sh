@@ -119,7 +119,7 @@ rc=$?
 row "| tests -k '$TEST_SELECT' (rc $rc) | $(grep -E '(passed|failed|error)' "$OUT/tests.log" | tail -1) | $(since "$start") |"
 fi
 
-# --- Feature extraction: JAX vs PyTorch, and train.extract_features (the project's path). ---
+# --- Feature extraction: JAX vs PyTorch, and evaluation.extract_features (the project's path). ---
 if has extraction; then
 start=$(now)
 timeout "$STEP_LIMIT" "$PY" benchmarks/feature_extraction.py --device="$DEVICE" "${EXTRACT[@]}" \

@@ -7,9 +7,10 @@ Adam and binary cross-entropy, `image_dataset_from_directory` reading JPEGs each
 CNN trained from scratch. Both sides read the same files: the lists a gender_jax run wrote to
 WORKDIR/protocol/*.txt are symlinked into a class-per-folder tree.
 
-Runs only in a TensorFlow environment kept apart from the project's (which must stay TF-free):
+Runs only in a TensorFlow environment kept apart from the project's (which must stay TF-free;
+benchmarks/README.md says how to make one), with its interpreter as $KERAS_PYTHON:
 
-  /work/venvs/keras_tf/bin/python benchmarks/keras_study.py --protocol=RUN/protocol \
+  "$KERAS_PYTHON" benchmarks/keras_study.py --protocol=RUN/protocol \
       --data_dir=../shared/data/celeba_gender --image_size=112 --epochs=3 --json=keras.json
 
 Prints one JSON object per model, then all of them as one list (and writes it to --json).
@@ -23,7 +24,14 @@ import time
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import keras  # pylint: disable=g-import-not-at-top
+try:
+  import keras  # pylint: disable=g-import-not-at-top
+except ImportError as e:
+  raise SystemExit(
+      f'keras_study.py needs a Python with tensorflow and keras ({e}): make a venv apart from '
+      'the project environment (python3 -m venv VENV && VENV/bin/pip install tensorflow keras '
+      'pillow) and run this script with VENV/bin/python (KERAS_PYTHON for study_vs_keras.py).'
+  ) from None
 
 CLASS_NAMES = ('female', 'male')  # Label 0 = female, 1 = male, as in gender_jax.
 SPLITS = ('train', 'valid', 'test')

@@ -1,29 +1,37 @@
 """The whole study with gender_jax against the same study written in Keras on TensorFlow.
 
 Runs `python -m gender_jax.study` (each model's own config, with image size, epochs, batch size,
-seed and data overridden alike), then benchmarks/keras_study.py in its TensorFlow environment on
-the very files our run drew (its protocol lists). Both run as fresh subprocesses, one after the
-other, so each wall time covers interpreter start, imports, data loading, compilation, training
-and the test evaluation. Prints wall times, test accuracies and the ratios Keras / gender_jax.
+seed and data overridden alike), then benchmarks/keras_study.py in its TensorFlow environment
+(--keras_python, default $KERAS_PYTHON) on the very files our run drew (its protocol lists).
+Both run as fresh subprocesses, one after the other, so each wall time covers interpreter start,
+imports, data loading, compilation, training and the test evaluation. Prints wall times, test
+accuracies and the ratios Keras / gender_jax.
 
 Pretrained weights may be missing: both sides then use random VGG16 bases of the same
 architecture (the same cost, so the speed comparison stands; accuracies of those two models mean
 nothing, only the custom model's can be compared).
 
-  python benchmarks/study_vs_keras.py --data_dir=../shared/data/celeba_gender \
-      --image_size=64 --epochs=3 --workdir=/tmp/study_vs_keras --json=study_vs_keras.json
+  KERAS_PYTHON=VENV/bin/python python benchmarks/study_vs_keras.py \
+      --data_dir=../shared/data/celeba_gender --image_size=64 --epochs=3 \
+      --workdir=/tmp/study_vs_keras --json=study_vs_keras.json
 """
 import argparse
 import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('custom', 'vgg16', 'vggface')
+# How to get the Keras side's interpreter, said in one line when there is none.
+NO_KERAS_PYTHON = (
+    'Keras/TensorFlow Python {problem}: make a venv apart from the project environment '
+    '(python3 -m venv VENV && VENV/bin/pip install tensorflow keras pillow), then set '
+    'KERAS_PYTHON=VENV/bin/python or pass --keras_python=VENV/bin/python (or --skip=keras).')
 
 
 def parse_args(argv=None):
@@ -40,8 +48,9 @@ def parse_args(argv=None):
   parser.add_argument('--tfds_dir', default='',
                       help='Reuse a built TFDS dataset; by default one is built inside workdir, '
                            'so our time includes building it (the cold first run).')
-  parser.add_argument('--keras_python', default='/work/venvs/keras_tf/bin/python',
-                      help='A Python with tensorflow and keras (never the project environment).')
+  parser.add_argument('--keras_python', default=os.environ.get('KERAS_PYTHON', ''),
+                      help='A Python with tensorflow and keras (never the project environment); '
+                           'default: $KERAS_PYTHON.')
   parser.add_argument('--skip', choices=('', 'ours', 'keras'), default='',
                       help='Leave one side out (its results are read from workdir if there).')
   parser.add_argument('--extrapolate_epochs', type=int, default=0,
@@ -49,7 +58,15 @@ def parse_args(argv=None):
                            'the extra epochs at each side\'s measured cost of a later epoch '
                            '(needs --epochs >= 2). Printed and saved labelled as an estimate.')
   parser.add_argument('--json', default='', help='Also write the comparison to this file.')
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.skip != 'keras':
+    if not args.keras_python:
+      raise SystemExit(NO_KERAS_PYTHON.format(problem='not given'))
+    found = shutil.which(args.keras_python)
+    if not found:
+      raise SystemExit(NO_KERAS_PYTHON.format(problem=f'{args.keras_python!r} not found'))
+    args.keras_python = os.path.abspath(found)  # It runs from the repository root.
+  return args
 
 
 def timed(command, log_path, env=None):
@@ -74,7 +91,7 @@ def run_ours(args):
       '--config.allow_random_base=True']
   command += [f'--config.num_{split}={n}'
               for split, n in zip(('train', 'valid', 'test'), args.num_images.split(','))]
-  env = {**os.environ, 'TQDM_DISABLE': '1', 'PYTHONPATH': REPO}
+  env = {**os.environ, 'TQDM_DISABLE': '1'}
   seconds, code = timed(command, os.path.join(args.workdir, 'ours.log'), env)
   if code:
     raise SystemExit(f"gender_jax.study failed ({code}); see {args.workdir}/ours.log")

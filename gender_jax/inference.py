@@ -1,6 +1,5 @@
 """A trained model from its run directory alone: config, weights metadata and best checkpoint."""
 import dataclasses
-import functools
 import os
 from typing import Any
 
@@ -8,10 +7,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from configs import default
 from gender_jax import checkpoints
+from gender_jax import evaluation
 from gender_jax import metrics
 from gender_jax import models
 from gender_jax import run_dir
@@ -44,17 +43,9 @@ def load_trained(workdir):
   return Trained(model, variables, config, metadata, epoch)
 
 
-@functools.cache  # Compiled once per model, not once per call (predict calls per chunk).
-def _jit_apply(model):
-  return jax.jit(model.apply)
-
-
 def predict_logits(trained, images, batch_size=256):
   """Male logits of uint8 RGB images already at the model's size, (N, S, S, 3) -> (N,)."""
-  apply = _jit_apply(trained.model)
-  outputs = [np.asarray(apply(trained.variables, images[i:i + batch_size]))
-             for i in range(0, len(images), batch_size)]
-  return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+  return evaluation.predict_images(trained.model, trained.variables, images, batch_size)
 
 
 def predict_proba(trained, images, batch_size=256):

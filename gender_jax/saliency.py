@@ -13,7 +13,7 @@ import matplotlib
 import numpy as np
 
 
-@functools.cache  # Compiled once per model, as inference._jit_apply.
+@functools.cache  # Compiled once per model.
 def _jit_grad_cam(model):
   """The jitted (variables, uint8 images) -> (N, H, W) maps of `model`."""
 

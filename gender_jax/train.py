@@ -1,9 +1,9 @@
 """Training and evaluation: a dense head on a frozen (or from-scratch) base, data parallel.
 
-Read top to bottom: model and weights, optimizer with frozen parts, the jitted steps over a
-device mesh, feature caching, checkpoints, the epoch loop, and the final test evaluation.
+Read top to bottom: model and weights, optimizer with frozen parts, the jitted training step over
+a device mesh (gender_jax/evaluation.py evaluates), frozen-base features, then the run: its
+checks, the epoch loop and the final test evaluation.
 """
-import dataclasses
 import functools
 import os
 import platform
@@ -17,7 +17,6 @@ from absl import logging
 import flax
 from flax.training import train_state
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -27,6 +26,7 @@ import tqdm
 from gender_jax import UserError
 from gender_jax import checkpoints
 from gender_jax import config_check
+from gender_jax import evaluation
 from gender_jax import feature_cache
 from gender_jax import input_pipeline
 from gender_jax import metrics as metrics_lib
@@ -166,27 +166,6 @@ def binary_cross_entropy(logits, labels):
   return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
 
 
-def forward(variables, apply_fn, batch, *, train, rngs=None, stop_base_gradient=False):
-  """(logits, batch_stats) of a batch holding either 'image' (uint8) or cached base 'features'.
-
-  batch_stats are the base's BatchNorm statistics, updated with this batch when a trainable base
-  trains on images, else as given. A frozen base runs as at evaluation (and as when its features
-  were cached), its statistics untouched.
-  """
-  batch_stats = variables.get('batch_stats', {})
-  if 'features' in batch:
-    features = batch['features']
-  else:
-    base_trains = train and not stop_base_gradient
-    features, updates = apply_fn(variables, batch['image'], train=base_trains, method='encode',
-                                 mutable=['batch_stats'] if base_trains else [])
-    batch_stats = updates.get('batch_stats', batch_stats)
-    if stop_base_gradient:  # A frozen base needs no backward pass at all.
-      features = jax.lax.stop_gradient(features)
-  logits = apply_fn(variables, features, train=train, rngs=rngs, method='classify')
-  return logits, batch_stats
-
-
 def train_step(state, batch, *, stop_base_gradient):
   """One optimizer step; returns the new state and the batch's summed loss and hits.
 
@@ -196,9 +175,9 @@ def train_step(state, batch, *, stop_base_gradient):
   dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
 
   def loss_fn(params):
-    logits, batch_stats = forward({**state.variables, 'params': params}, state.apply_fn, batch,
-                                  train=True, rngs={'dropout': dropout_rng},
-                                  stop_base_gradient=stop_base_gradient)
+    logits, batch_stats = evaluation.forward(
+        {**state.variables, 'params': params}, state.apply_fn, batch, train=True,
+        rngs={'dropout': dropout_rng}, stop_base_gradient=stop_base_gradient)
     losses = binary_cross_entropy(logits, batch['label'])
     return losses.mean(), (losses, logits, batch_stats)
 
@@ -208,114 +187,21 @@ def train_step(state, batch, *, stop_base_gradient):
   return state.apply_gradients(grads=grads).replace(batch_stats=batch_stats), sums
 
 
-def eval_step(variables, batch, *, apply_fn):
-  """Male logits of a batch (padding included; the caller drops it by mask)."""
-  return forward(variables, apply_fn, batch, train=False)[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class Mesh:
-  """The device mesh and the shardings the steps use."""
-  mesh: jax.sharding.Mesh
-
-  @classmethod
-  def create(cls, devices=None):
-    devices = np.asarray(jax.devices() if devices is None else devices)
-    return cls(jax.sharding.Mesh(devices, ('batch',)))
-
-  @property
-  def data(self):
-    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('batch'))
-
-  @property
-  def replicated(self):
-    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-
-  @property
-  def size(self):
-    return self.mesh.devices.size
-
-  def shard_batch(self, batch):
-    """Process-local numpy arrays -> global arrays sharded over the 'batch' axis."""
-    return {k: jax.make_array_from_process_local_data(self.data, np.asarray(v))
-            for k, v in batch.items()}
-
-  def gather(self, array):
-    """A batch-sharded global array -> the whole array as numpy on every process."""
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
-
-
 def jit_train_step(mesh, stop_base_gradient):
   return jax.jit(functools.partial(train_step, stop_base_gradient=stop_base_gradient),
                  in_shardings=(mesh.replicated, mesh.data),
                  out_shardings=(mesh.replicated, mesh.replicated), donate_argnums=0)
 
 
-@functools.cache  # One compiled step per mesh and model, reused by every split and epoch.
-def jit_eval_step(mesh, apply_fn):
-  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn),
-                 in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
-
-
-@functools.cache
-def jit_encode(mesh, apply_fn):
-  return jax.jit(lambda variables, images: apply_fn(variables, images, method='encode'),
-                 in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
-
-
-def check_batch_size(batch_size, mesh):
-  if batch_size % mesh.size:
-    raise ValueError(f'batch_size {batch_size} must be a multiple of the {mesh.size} devices.')
-
-
-def map_split(mesh, fn, split, batch_size, inputs, desc=None):
-  """fn(sharded inputs(batch)) over every example of a split in order, as numpy.
-
-  Every batch is dispatched before any result is fetched, so the host prepares the next batch
-  while the devices compute; the padding of the last batch is dropped by its mask.
-  """
-  check_batch_size(batch_size, mesh)
-  outputs, masks = [], []
-  total = -(-len(split.labels) // batch_size)
-  for batch in tqdm.tqdm(input_pipeline.eval_batches(split, batch_size), total=total, desc=desc,
-                         leave=False, disable=desc is None):
-    outputs.append(fn(mesh.shard_batch(inputs(batch))))
-    masks.append(jax.make_array_from_process_local_data(mesh.data, batch['mask']))
-  kept = [mesh.gather(out)[mesh.gather(mask) > 0] for out, mask in zip(outputs, masks)]
-  return np.concatenate(kept)[:len(split.labels)]
-
-
-def predict_logits(mesh, apply_fn, variables, split, batch_size, features=None, desc=None):
-  """Logits of every example of a split, from its images or its cached base features."""
-  step = jit_eval_step(mesh, apply_fn)
-  if features is None:
-    inputs = lambda batch: {'image': batch['image']}
-  else:
-    inputs = lambda batch: {'features': features[batch['index']]}
-  return map_split(mesh, lambda batch: step(variables, batch), split, batch_size, inputs, desc)
-
-
 # ---------------------------------------------------------------------------------------------
 # A frozen base runs once per image (and mirror image); the head trains on its features.
 # ---------------------------------------------------------------------------------------------
-def extract_features(mesh, apply_fn, variables, split, batch_size, flip=False, desc=None):
-  """Base features of every example of a split, as float32 numpy (N, h, w, c)."""
-  encode = jit_encode(mesh, apply_fn)
-  if flip:
-    inputs = lambda batch: {'image': batch['image'][:, :, ::-1]}
-  else:
-    inputs = lambda batch: {'image': batch['image']}
-  features = map_split(mesh, lambda batch: encode(variables, batch['image']), split, batch_size,
-                       inputs, desc)
-  return features.astype(np.float32)
-
-
 def frozen_base_features(mesh, model, variables, splits, config, weights_meta):
   """{split: features} of the frozen base, from (and into) the dataset's shared feature cache."""
   base = {collection: tree['base'] for collection, tree in variables.items() if 'base' in tree}
   key = feature_cache.fingerprint(base, model=config.model, dtype=config.compute_dtype,
                                   preprocessing=weights_meta['preprocessing'])
-  encode = lambda split, flip: extract_features(
+  encode = lambda split, flip: evaluation.extract_features(
       mesh, model.apply, variables, split, config.eval_batch_size, flip=flip,
       desc=f'features {split.name}{" (flipped)" if flip else ""}')
   return feature_cache.cached_features(splits, key, config.augment_flip, encode)
@@ -357,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   session_start = time.time()
   commit = git_commit()  # Now: the code may change while a long run trains.
   command = command or shlex.join([os.path.basename(sys.executable), *sys.argv])
-  mesh = Mesh.create()
+  mesh = evaluation.Mesh.create()
   config_check.check(config, mesh.size)
   with run_dir.lock(workdir, command):
     # Weights first: a missing folder fails before any data is read.
@@ -438,7 +324,7 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
           f'(epoch {progress["epoch"]}) is kept in {workdir}. Lower learning_rate?')
     epoch_seconds = time.time() - epoch_start
 
-    valid_logits = predict_logits(mesh, model.apply, state.variables, splits['valid'],
+    valid_logits = evaluation.predict_logits(mesh, model.apply, state.variables, splits['valid'],
                                   config.eval_batch_size,
                                   features=features['valid'] if use_cache else None)
     valid = metrics_lib.classification_metrics(splits['valid'].labels, valid_logits)
@@ -467,7 +353,7 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
 
   # The best checkpoint on the test split.
   best = checkpoints.restore_best(managers['best'], state.variables, mesh.replicated)
-  logits = {split: predict_logits(mesh, model.apply, best, splits[split],
+  logits = {split: evaluation.predict_logits(mesh, model.apply, best, splits[split],
                                   config.eval_batch_size,
                                   features=features[split] if use_cache else None, desc=split)
             for split in ('valid', 'test')}  # Valid: what calibration is fitted on.

@@ -13,21 +13,19 @@ further epoch costs), and 'uint8 epoch img/s' the epoch without the host preproc
 trainer runs it: preprocessing happens inside the jitted model). The one-time dataset build is timed apart. Each setting runs --repeat times
 and the fastest is shown, with its ratio to the naive baseline.
 
-  python benchmarks/input_pipeline.py [--data_dir PATH] [--sizes 112,224] [--batch 64]
+  python benchmarks/data_loading.py [--data_dir PATH] [--sizes 112,224] [--batch 64]
 """
 import argparse
 import glob
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # For --data_dir only.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # Batches stay on the host; no accelerator needed.
 os.environ.setdefault('TQDM_DISABLE', '1')
 

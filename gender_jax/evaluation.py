@@ -1,0 +1,141 @@
+"""One evaluation path: a model over every example of a split, on every device.
+
+Training (validation each epoch, the final test), `evaluate`, `predict`, the report and feature
+caching all get logits (or base features) from here: batches sharded over a device mesh with a
+'batch' axis, the last batch padded and its padding masked out, one compilation per model.
+"""
+import dataclasses
+import functools
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import tqdm
+
+from gender_jax import input_pipeline
+
+
+def forward(variables, apply_fn, batch, *, train, rngs=None, stop_base_gradient=False):
+  """(logits, batch_stats) of a batch holding either 'image' (uint8) or cached base 'features'.
+
+  batch_stats are the base's BatchNorm statistics, updated with this batch when a trainable base
+  trains on images, else as given. A frozen base runs as at evaluation (and as when its features
+  were cached), its statistics untouched.
+  """
+  batch_stats = variables.get('batch_stats', {})
+  if 'features' in batch:
+    features = batch['features']
+  else:
+    base_trains = train and not stop_base_gradient
+    features, updates = apply_fn(variables, batch['image'], train=base_trains, method='encode',
+                                 mutable=['batch_stats'] if base_trains else [])
+    batch_stats = updates.get('batch_stats', batch_stats)
+    if stop_base_gradient:  # A frozen base needs no backward pass at all.
+      features = jax.lax.stop_gradient(features)
+  logits = apply_fn(variables, features, train=train, rngs=rngs, method='classify')
+  return logits, batch_stats
+
+
+def eval_step(variables, batch, *, apply_fn):
+  """Male logits of a batch (padding included; the caller drops it by mask)."""
+  return forward(variables, apply_fn, batch, train=False)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mesh:
+  """The device mesh and the shardings the steps use."""
+  mesh: jax.sharding.Mesh
+
+  @classmethod
+  def create(cls, devices=None):
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return cls(jax.sharding.Mesh(devices, ('batch',)))
+
+  @property
+  def data(self):
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('batch'))
+
+  @property
+  def replicated(self):
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+  @property
+  def size(self):
+    return self.mesh.devices.size
+
+  def shard_batch(self, batch):
+    """Process-local numpy arrays -> global arrays sharded over the 'batch' axis."""
+    return {k: jax.make_array_from_process_local_data(self.data, np.asarray(v))
+            for k, v in batch.items()}
+
+  def gather(self, array):
+    """A batch-sharded global array -> the whole array as numpy on every process."""
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+@functools.cache  # One compiled step per mesh and model, reused by every split and epoch.
+def jit_eval_step(mesh, apply_fn):
+  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn),
+                 in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
+
+
+@functools.cache
+def jit_encode(mesh, apply_fn):
+  return jax.jit(lambda variables, images: apply_fn(variables, images, method='encode'),
+                 in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
+
+
+def check_batch_size(batch_size, mesh):
+  if batch_size % mesh.size:
+    raise ValueError(f'batch_size {batch_size} must be a multiple of the {mesh.size} devices.')
+
+
+def map_split(mesh, fn, split, batch_size, inputs, desc=None):
+  """fn(sharded inputs(batch)) over every example of a split in order, as numpy.
+
+  Every batch is dispatched before any result is fetched, so the host prepares the next batch
+  while the devices compute; the padding of the last batch is dropped by its mask.
+  """
+  check_batch_size(batch_size, mesh)
+  outputs, masks = [], []
+  total = -(-len(split.labels) // batch_size)
+  for batch in tqdm.tqdm(input_pipeline.eval_batches(split, batch_size), total=total, desc=desc,
+                         leave=False, disable=desc is None):
+    outputs.append(fn(mesh.shard_batch(inputs(batch))))
+    masks.append(jax.make_array_from_process_local_data(mesh.data, batch['mask']))
+  kept = [mesh.gather(out)[mesh.gather(mask) > 0] for out, mask in zip(outputs, masks)]
+  return np.concatenate(kept)[:len(split.labels)]
+
+
+def predict_logits(mesh, apply_fn, variables, split, batch_size, features=None, desc=None):
+  """Logits of every example of a split, from its images or its cached base features."""
+  step = jit_eval_step(mesh, apply_fn)
+  if features is None:
+    inputs = lambda batch: {'image': batch['image']}
+  else:
+    inputs = lambda batch: {'features': features[batch['index']]}
+  return map_split(mesh, lambda batch: step(variables, batch), split, batch_size, inputs, desc)
+
+
+def extract_features(mesh, apply_fn, variables, split, batch_size, flip=False, desc=None):
+  """Base features of every example of a split, as float32 numpy (N, h, w, c)."""
+  encode = jit_encode(mesh, apply_fn)
+  if flip:
+    inputs = lambda batch: {'image': batch['image'][:, :, ::-1]}
+  else:
+    inputs = lambda batch: {'image': batch['image']}
+  features = map_split(mesh, lambda batch: encode(variables, batch['image']), split, batch_size,
+                       inputs, desc)
+  return features.astype(np.float32)
+
+
+def predict_images(model, variables, images, batch_size=256, mesh=None):
+  """Male logits of uint8 images already at the model's size, (N, S, S, 3) -> (N,), over every
+  device (batch_size rounded up to a multiple of them)."""
+  mesh = mesh or Mesh.create()
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  split = input_pipeline.Split('images', np.asarray(images), np.zeros(len(images), np.int32),
+                               paths=[], source_dir='')
+  if not len(split):
+    return np.zeros((0,), np.float32)
+  return predict_logits(mesh, model.apply, variables, split, batch_size)
