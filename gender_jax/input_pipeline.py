@@ -32,7 +32,7 @@ SPLITS = face_dataset.SPLITS
 # A flat {male,female} folder is cut per class into these shares of train/valid/test pools.
 FLAT_FRACTIONS = {'train': 0.8, 'valid': 0.1, 'test': 0.1}
 _WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in memory at once.
-_DETECT_WINDOW = 256  # Images decoded per round when finding faces (decoded pixels are held).
+_DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
 
 
 @dataclasses.dataclass
@@ -184,6 +184,9 @@ def _cached_landmarks(builder, split, rows, detector, detector_id):
   """Landmarks of every record of a split (those of `rows` filled), found once per detector.
 
   Kept in the dataset's folder beside the decoded images, filled in as protocols ask for rows.
+  Faces are found in fixed blocks of records, each always whole: batched detection rounds
+  differently with another batch (by ~1e-5 px), so a block's landmarks must not depend on which
+  protocol asked for it first.
   """
   path = os.path.join(os.fspath(builder.data_dir), f'landmarks-{split}-{detector_id}.npz')
   num_records = builder.info.splits[split].num_examples
@@ -194,21 +197,23 @@ def _cached_landmarks(builder, split, rows, detector, detector_id):
     else:
       marks = Landmarks.empty(num_records)
       done = np.zeros(num_records, bool)
-    todo = rows[~done[rows]]
-    if len(todo):
+    blocks = np.unique(rows[~done[rows]] // _DETECT_WINDOW)
+    if len(blocks):
       records = builder.as_data_source(split)
-      with tqdm.tqdm(total=len(todo), desc=f'Finding faces in {split}', unit=' img') as bar:
-        for start in range(0, len(todo), _DETECT_WINDOW):
-          window = todo[start:start + _DETECT_WINDOW]
+      with tqdm.tqdm(total=len(blocks), desc=f'Finding faces in {split}', unit=' block') as bar:
+        for block in blocks:
+          window = np.arange(block * _DETECT_WINDOW,
+                             min(num_records, (block + 1) * _DETECT_WINDOW))
           try:
             images = [face_dataset.decode_rgb(r['image'])
                       for r in records.__getitems__(window.tolist())]
           except face_dataset.BadImageError:
             _damaged(builder)
+          new = window[~done[window]]  # A cache from before blocks may hold some already.
           for field, values in zip(marks, _detect(detector, images)):
-            field[window] = values
-          bar.update(len(window))
-      done[todo] = True
+            field[new] = values[~done[window]]
+          done[new] = True
+          bar.update()
       tmp = f'{path}.{os.getpid()}.tmp.npz'
       np.savez(tmp, done=done, **marks._asdict())
       os.replace(tmp, path)

@@ -210,6 +210,7 @@ def frozen_base_features(mesh, model, variables, splits, config, weights_meta):
 # ---------------------------------------------------------------------------------------------
 # The whole run.
 # ---------------------------------------------------------------------------------------------
+@functools.cache  # The first run's: a study's later runs run the code it loaded, not today's.
 def git_commit():
   """The code's commit, '-dirty' if tracked files differ from it; None outside a checkout."""
   def git(*args, check=True):

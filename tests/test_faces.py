@@ -225,6 +225,35 @@ def test_landmarks_and_aligned_images_are_cached(synthetic_faces, tmp_path, dot_
   np.testing.assert_array_equal(first['test'].images, second['test'].images)
 
 
+class BatchRecordingDetector(DotDetector):
+  """Records the images of each detect call, to see how batches are made."""
+
+  def __init__(self):
+    super().__init__()
+    self.batches = []
+
+  def detect(self, images):
+    self.batches.append([image.tobytes() for image in images])
+    return super().detect(images)
+
+
+def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_faces, tmp_path,
+                                                                 monkeypatch):
+  # Batched detection rounds differently with another batch: a block must always be the same.
+  monkeypatch.setattr(input_pipeline, '_DETECT_WINDOW', 8)
+  detectors = []
+  for order, tfds in (([4, 20], 'a'), ([20, 4], 'b')):  # Two protocols, asked in either order.
+    detector = BatchRecordingDetector()
+    monkeypatch.setattr(input_pipeline, 'load_detector', lambda config, d=detector: (d, 'dots'))
+    for num_train in order:
+      input_pipeline.load_splits(
+          _aligned_config(synthetic_faces, tmp_path / tfds, num_train=num_train), splits=('train',))
+    detectors.append(detector)
+  a, b = (sorted(map(tuple, d.batches)) for d in detectors)
+  assert a == b  # The same batches, whichever protocol came first.
+  assert all(len(batch) == 8 for batch in a)  # Blocks of 8 of the 48 records, each whole.
+
+
 def test_another_template_makes_other_images(synthetic_faces, tmp_path, dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
   plain = input_pipeline.load_splits(config)['train'].images
