@@ -134,8 +134,8 @@ def predict_images(model, variables, images, batch_size=256, mesh=None):
   device (batch_size rounded up to a multiple of them)."""
   mesh = mesh or Mesh.create()
   batch_size = -(-batch_size // mesh.size) * mesh.size
-  split = input_pipeline.Split('images', np.asarray(images), np.zeros(len(images), np.int32),
-                               paths=[], source_dir='')
+  split = input_pipeline.Split('images', images, np.zeros(len(images), np.int32), paths=[],
+                               source_dir='')
   if not len(split):
     return np.zeros((0,), np.float32)
   return predict_logits(mesh, model.apply, variables, split, batch_size)

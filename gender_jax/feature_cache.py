@@ -16,19 +16,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from gender_jax import face_dataset
-
-
-class Rows:
-  """A split's rows of a per-record array on disk: indexing reads only the rows asked for."""
-
-  def __init__(self, array, rows):
-    self.array, self.rows = array, rows
-
-  def __len__(self):
-    return len(self.rows)
-
-  def __getitem__(self, index):
-    return np.asarray(self.array[self.rows[index]])
+from gender_jax import input_pipeline
 
 
 def _host_array(leaf):
@@ -89,7 +77,7 @@ def _features(split, key, encode):
         os.replace(base + '.done.tmp.npy', base + '.done.npy')
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'features {base}')
-  return Rows(np.load(base + '.npy', mmap_mode='r'), records.rows)
+  return input_pipeline.Rows(np.load(base + '.npy', mmap_mode='r'), records.rows)
 
 
 def feature_batch(batch, features):

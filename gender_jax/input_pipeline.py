@@ -35,11 +35,45 @@ _WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in me
 _DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
 
 
+class Rows:
+  """Rows of an array, read when indexed: a split's images stay in the decoded cache on disk
+  (memory-mapped), so memory holds a batch, not a split, however large the dataset."""
+
+  def __init__(self, array, rows=None):
+    self.array = array
+    self.rows = np.arange(len(array)) if rows is None else np.asarray(rows)
+
+  def __len__(self):
+    return len(self.rows)
+
+  @property
+  def shape(self):
+    return (len(self.rows), *self.array.shape[1:])
+
+  @property
+  def dtype(self):
+    return self.array.dtype
+
+  def __getitem__(self, index):
+    """The rows at `index` (an int, slice, index array or mask), read into memory."""
+    return np.asarray(self.array[self.rows[index]])
+
+  def __array__(self, dtype=None, copy=None):
+    return np.asarray(self[:], dtype)
+
+  def __iter__(self):
+    return (np.asarray(self.array[r]) for r in self.rows)
+
+  def subset(self, index):
+    """The rows at `index`, still on disk."""
+    return Rows(self.array, self.rows[index])
+
+
 @dataclasses.dataclass
 class Split:
-  """One split's examples in memory, in path order."""
+  """One split's examples, in path order."""
   name: str
-  images: np.ndarray  # uint8 (N, S, S, 3), RGB, resized to config.image_size.
+  images: Rows  # uint8 (N, S, S, 3), RGB, at config.image_size (an array is wrapped in Rows).
   labels: np.ndarray  # int32 (N,), 0 female / 1 male.
   paths: list  # Paths relative to source_dir (for reports and file lists).
   source_dir: str
@@ -47,12 +81,16 @@ class Split:
   no_face: list = dataclasses.field(default_factory=list)  # Paths where no face was found.
   records: 'Records | None' = None  # Where its images are cached, for caches derived from them.
 
+  def __post_init__(self):
+    if not isinstance(self.images, Rows):
+      self.images = Rows(self.images)
+
   def __len__(self):
     return len(self.labels)
 
   def take(self, positions):
     """The split's examples at `positions` (no records: a part is not a protocol's split)."""
-    return dataclasses.replace(self, images=self.images[positions],
+    return dataclasses.replace(self, images=self.images.subset(positions),
                                labels=self.labels[positions],
                                paths=[self.paths[i] for i in positions], records=None)
 
@@ -147,7 +185,7 @@ def _cached_images(builder, split, rows, size, key, convert):
       done[todo] = True
       np.save(base + '.done.tmp.npy', done)
       os.replace(base + '.done.tmp.npy', base + '.done.npy')
-    return np.asarray(images[rows])
+  return Rows(np.load(base + '.npy', mmap_mode='r'), rows)
 
 
 def _damaged(builder):
@@ -400,7 +438,7 @@ def _missing_faces(split, found, how):
   """Records the images without a face; 'drop' leaves them out, 'resize' keeps them resized."""
   split.no_face = [p for p, f in zip(split.paths, found) if not f]
   if how == 'drop':
-    split.images, split.labels = split.images[found], split.labels[found]
+    split.images, split.labels = split.images.subset(found), split.labels[found]
     split.paths = [p for p, f in zip(split.paths, found) if f]
     if split.records:
       split.records = split.records._replace(rows=split.records.rows[found])

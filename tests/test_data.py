@@ -85,6 +85,14 @@ def test_counts_labels_and_paths(splits, folder):
     assert s.source_dir == str(folder)
 
 
+def test_images_stay_on_disk_until_a_batch_asks_for_them(splits):
+  images = splits['train'].images
+  assert isinstance(images.array, np.memmap)  # The decoded cache, not a copy in memory.
+  batch = images[np.array([3, 0, 2])]
+  assert isinstance(batch, np.ndarray) and not isinstance(batch, np.memmap)
+  np.testing.assert_array_equal(batch[1], np.asarray(images)[0])
+
+
 def test_images_are_the_files_resized(splits, folder):
   path = splits['valid'].paths[3]
   expected = np.asarray(Image.open(folder / path).convert('RGB').resize((16, 16), Image.BILINEAR))

@@ -139,7 +139,7 @@ def test_jitter_is_drawn_from_seed_and_epoch():
 
 
 def test_colour_jitter_of_one_is_identity_and_brightness_scales():
-  images = _split().images
+  images = _split().images[:]
   ones = np.ones((len(images), 6))
   np.testing.assert_array_equal(input_pipeline.jitter_colour(images, ones), images)
   darker = ones.copy()
@@ -256,9 +256,9 @@ def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_fac
 
 def test_another_template_makes_other_images(synthetic_faces, tmp_path, dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  plain = input_pipeline.load_splits(config)['train'].images
+  plain = input_pipeline.load_splits(config)['train'].images[:]
   zoomed = input_pipeline.load_splits(_aligned_config(synthetic_faces, tmp_path / 'tfds',
-                                                      face_zoom=1.5))['train'].images
+                                                      face_zoom=1.5))['train'].images[:]
   assert (plain != zoomed).any()
 
 
@@ -324,7 +324,7 @@ def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, 
 
 
 def test_frame_jitter_repeats_the_pixels_at_each_cut():
-  images = _split(n=1, size=20).images
+  images = _split(n=1, size=20).images[:]
   factors = np.array([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.1, 0.25, 0.0, 0.2]])
   framed = input_pipeline.jitter_frame(images, factors)[0]
   np.testing.assert_array_equal(framed[5:16, 2:], images[0, 5:16, 2:])  # Inside: unchanged.
