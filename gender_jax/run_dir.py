@@ -37,6 +37,11 @@ RESULTS = 'results.json'
 LOCK = 'run.lock'
 STUDY = 'study.json'  # A study's folder: its record, beside one run directory per point.
 RESULTS_VERSION = 2  # 2: epochs_trained, seconds over every resume, command as typed.
+# What results.json holds (besides 'version'); the writer refuses a record with other fields.
+RESULTS_FIELDS = (
+    'model', 'split', 'metrics', 'best_epoch', 'num_epochs', 'epochs_trained', 'train_seconds',
+    'feature_seconds', 'total_seconds', 'train_images_per_second', 'params', 'weights',
+    'data_dir', 'config', 'git_commit', 'devices', 'platform', 'command', 'finished')
 
 # Config fields that say where things are or how big evaluation batches are, not what is
 # computed: a rerun may change them. The weights' own identity is checked through their metadata.
@@ -96,6 +101,14 @@ def write_json(file_path, value):
   with open(tmp, 'w') as f:
     json.dump(value, f, indent=2, default=str)
   os.replace(tmp, file_path)
+
+
+def write_results(workdir, results):
+  """Writes results.json: a finished run's record of RESULTS_FIELDS, versioned."""
+  if sorted(results) != sorted(RESULTS_FIELDS):
+    raise ValueError(f'A results record has the fields {sorted(RESULTS_FIELDS)}; got '
+                     f'{sorted(results)}.')
+  write_json(path(workdir, RESULTS), {'version': RESULTS_VERSION, **results})
 
 
 def read_json(file_path):

@@ -359,7 +359,7 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
                                   features=features[split] if use_cache else None, desc=split)
             for split in ('valid', 'test')}  # Valid: what calibration is fitted on.
   results = {
-      'version': run_dir.RESULTS_VERSION, 'model': config.model, 'split': 'test',
+      'model': config.model, 'split': 'test',
       'metrics': metrics_lib.classification_metrics(splits['test'].labels, logits['test']),
       'best_epoch': progress['best_epoch'], 'num_epochs': config.num_epochs,
       'epochs_trained': progress['epoch'],
@@ -378,7 +378,7 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
       'command': command,
       'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
   }
-  run_dir.write_json(run_dir.path(workdir, run_dir.RESULTS), results)
+  run_dir.write_results(workdir, results)
   for split, split_logits in logits.items():
     run_dir.write_predictions(workdir, split, splits[split].paths, splits[split].labels,
                               metrics_lib.sigmoid(split_logits))

@@ -10,6 +10,7 @@ import pytest
 
 from gender_jax import metrics
 from gender_jax import report
+from gender_jax import run_dir
 from gender_jax import stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -32,38 +33,30 @@ def write_faces(data_dir, per_class=6):
 
 
 def write_fake_run(workdir, data_dir, rows, model='custom', weights=None, epochs=3, seed=0):
-  """A run directory with the contract's files and plausible, seeded numbers."""
+  """A run directory written through gender_jax.run_dir, with plausible, seeded numbers."""
   rng = np.random.default_rng(seed)
   workdir.mkdir(parents=True)
   labels = np.array([label for _, label in rows])
   p_male = labels * 0.35 + rng.uniform(0.1, 0.65, len(rows))  # Some mistakes each way.
-  with open(workdir / 'predictions_test.csv', 'w') as f:
-    f.write('path,label,p_male\n')
-    f.writelines(f'{p},{l},{q:.6f}\n' for (p, l), q in zip(rows, p_male))
-  with open(workdir / 'metrics.jsonl', 'w') as f:
-    for e in range(1, epochs + 1):
-      f.write(json.dumps({'epoch': e, 'train_loss': 1 / e, 'train_accuracy': 1 - 0.3 / e,
-                          'valid_loss': 1.1 / e, 'valid_accuracy': 1 - 0.35 / e,
-                          'learning_rate': 1e-3, 'epoch_seconds': 2.0,
-                          'train_images_per_second': 100.0}) + '\n')
-  predicted = (p_male >= 0.5).astype(int)
-  confusion = [[int(np.sum((labels == t) & (predicted == p))) for p in (0, 1)] for t in (0, 1)]
-  results = {
-      'model': model, 'split': 'test',
-      'metrics': {'accuracy': float(np.mean(predicted == labels)), 'precision': 0.8,
-                  'recall': 0.7, 'f1': 0.75, 'roc_auc': 0.9, 'loss': 0.4,
-                  'confusion_matrix': confusion,
-                  'per_class_accuracy': {'female': 0.8, 'male': 0.7},
-                  'num_examples': len(rows), 'num_female': int(np.sum(labels == 0)),
-                  'num_male': int(np.sum(labels == 1))},
-      'best_epoch': epochs, 'num_epochs': epochs, 'train_seconds': 6.0, 'feature_seconds': 1.0,
-      'total_seconds': 8.0, 'train_images_per_second': 100.0,
-      'params': {'trainable': 1234, 'total': 5678}, 'weights': weights,
-      'data_dir': str(data_dir), 'config': {'model': model, 'image_size': 32, 'num_train': 24, 'seed': 0,
-                                         'train_seed': -1},
-      'git_commit': None, 'devices': '4 x cpu'}
-  (workdir / 'results.json').write_text(json.dumps(results))
-  (workdir / 'config.json').write_text(json.dumps(results['config']))
+  run_dir.write_predictions(workdir, 'test', [p for p, _ in rows], labels, p_male)
+  writer = run_dir.MetricsWriter(workdir, resume_epoch=0)
+  for e in range(1, epochs + 1):
+    writer.write(e, {'train_loss': 1 / e, 'train_accuracy': 1 - 0.3 / e, 'valid_loss': 1.1 / e,
+                     'valid_accuracy': 1 - 0.35 / e, 'learning_rate': 1e-3, 'epoch_seconds': 2.0,
+                     'train_images_per_second': 100.0})
+  writer.close()
+  config = {'model': model, 'image_size': 32, 'num_train': 24, 'seed': 0, 'train_seed': -1}
+  run_dir.write_json(workdir / run_dir.CONFIG, config)
+  scores = metrics.classification_metrics(labels, np.log(p_male) - np.log1p(-p_male))
+  del scores['intervals']  # As runs recorded before intervals were.
+  run_dir.write_results(workdir, {
+      'model': model, 'split': 'test', 'metrics': scores,
+      'best_epoch': epochs, 'num_epochs': epochs, 'epochs_trained': epochs,
+      'train_seconds': 6.0, 'feature_seconds': 1.0, 'total_seconds': 8.0,
+      'train_images_per_second': 100.0, 'params': {'trainable': 1234, 'total': 5678},
+      'weights': weights, 'data_dir': str(data_dir), 'config': config, 'git_commit': None,
+      'devices': '4 x cpu', 'platform': 'test-machine', 'command': 'pytest',
+      'finished': '2026-01-02T03:04:05Z'})
 
 
 @pytest.fixture(scope='module')
@@ -106,6 +99,7 @@ def test_setup_says_where_and_how_runs_were_made(report_text):
   text = report_text
   assert 'test-machine' in text and 'python -m gender_jax.study' in text
   assert '4 x cpu' in text
+  assert '| custom | 2026-01-02T03:04:05Z |' in text  # When the run finished, as it recorded.
 
 
 def test_random_base_is_reported_loudly(report_text):
@@ -214,6 +208,7 @@ def test_recorded_intervals_are_shown_beside_accuracy_and_auc(study_dir, tmp_pat
   text = report.write_report([study_dir / 'custom', run], tmp_path / 'out').read_text()
   row = next(l for l in text.splitlines() if l.startswith('| with_intervals | custom |'))
   accuracy = results['metrics']['accuracy']
-  assert f'| {accuracy:.4f} [0.5000, 0.7500] |' in row and '| 0.9000 [0.8000, 0.9500] |' in row
+  auc = results['metrics']['roc_auc']
+  assert f'| {accuracy:.4f} [0.5000, 0.7500] |' in row and f'| {auc:.4f} [0.8000, 0.9500] |' in row
   old = next(l for l in text.splitlines() if l.startswith('| custom | custom |'))
   assert '[' not in old  # A run from before intervals shows none.
