@@ -363,10 +363,10 @@ def _summary(builder, index, drawn):
           f'Dataset {builder.data_dir}',
           f'{"split":10}{"class":8}{"files":>8}{"bad":>6}{"usable":>8}{"drawn":>8}',
           *(f'{s:10}{c:8}{f:>8}{b:>6}{u:>8}{d:>8}' for s, c, f, b, u, d in rows),
-          f'{len(meta["bad_files"])} bad files left out, listed in '
-          f'{face_dataset.report_path(builder)}',
-          f'{meta.get("num_skipped", 0)} files skipped as not images by name (not bad): '
-          f'{", ".join(meta.get("skipped_files", [])[:3]) or "none"}']
+          f'{len(meta["bad_files"])} bad files left out (listed in '
+          f'{face_dataset.report_path(builder)}); {meta.get("num_skipped", 0)} skipped as not '
+          f'images by name' + (f' ({", ".join(meta["skipped_files"][:3])}, ...)'
+                               if meta.get('skipped_files') else '')]
 
 
 def load_detector(config):
