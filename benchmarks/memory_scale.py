@@ -16,12 +16,16 @@ arrays) and file-backed (RssFile: pages of mapped files, such as the decoded cac
 kernel can drop and read again), and the peak anonymous memory within the phase (sampled every
 10 ms); then the sizes on disk, and a one-line JSON summary.
 
-Meant to be run as (about 7.5 GB of decoded cache at 112 px, 0.8 GB of records; tens of minutes)
+Meant to be run as (7.5 GB of decoded cache at 112 px; some 5 minutes on 2 cores, by the
+rates of small runs)
   python benchmarks/memory_scale.py --num_images=200000 --image_size=112
 and again with --num_images=20000. Memory is bounded when the anonymous peaks of the decode,
-train and valid phases stay flat from 20000 to 200000 images. The file-backed part of the RSS
-grows up to the cache's size while pages of it stay mapped and RAM is free, so ru_maxrss and
-VmRSS grow with the dataset although those pages are reclaimable.
+train and valid phases stay flat from 20000 to 200000 images (below about 4096 images per split
+they still grow: the decoder reads 4096 records at a time). The file-backed part grows with the
+dataset: the decode phase's writes and the passes' reads leave the cache's pages mapped, up to
+its whole size while RAM is free, so ru_maxrss and VmRSS grow with it, though the kernel can
+reclaim those pages. The dataset build is not bounded either: TFDS buffers the records it writes
+in memory (up to 1 GiB) and face_dataset.read_index reads every record at once.
 """
 import argparse
 import contextlib
@@ -32,13 +36,13 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import threading
 import time
 
 os.environ.setdefault('TQDM_DISABLE', '1')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import custom  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax import LABELS  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -201,10 +205,11 @@ def main(argv=None):
   sampler.start()
   with phase(rows, 'folder', sampler) as row:
     row['images'] = make_folder(folder, args.data_dir, args.num_images)
-  with phase(rows, 'dataset build', sampler) as row:
+  # The library's own lines (TFDS, the split table) go to stderr, leaving stdout to the table.
+  with phase(rows, 'dataset build', sampler) as row, contextlib.redirect_stdout(sys.stderr):
     builder = face_dataset.build(folder, tfds_dir, config.max_bad_fraction)
     row['images'] = sum(builder.info.splits[s].num_examples for s in builder.info.splits)
-  with phase(rows, 'decode', sampler) as row:
+  with phase(rows, 'decode', sampler) as row, contextlib.redirect_stdout(sys.stderr):
     splits = input_pipeline.load_splits(config)
     row['images'] = sum(len(s) for s in splits.values())
   checksum = 0

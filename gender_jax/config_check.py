@@ -73,7 +73,7 @@ def problems(config, num_devices=1):
   if config.image_size < smallest:
     bad('image_size', f'>= {smallest}: {config.model} halves the image {info.blocks(config)} '
         'times')
-  if info.weights_source is None:
+  if not info.pretrained:
     if config.weights:
       bad('weights', "'' (empty): the custom model trains from scratch, it loads no weights")
     if config.finetune_blocks:

@@ -137,6 +137,10 @@ class ModelInfo(NamedTuple):
   weights_source: str | None  # The converted weights its base loads; None: trained from scratch.
   blocks: Callable[[Any], int]  # How many times its base halves the image, from the config.
 
+  @property
+  def pretrained(self):
+    return self.weights_source is not None
+
   def min_image_size(self, config):
     return 2 ** self.blocks(config)  # At least one pixel left after the last pooling.
 

@@ -58,8 +58,7 @@ def experiment_configs(models, config_filename, overrides):
   if 'model' in overrides:
     raise app.UsageError('The study runs several models: choose them with --models, not '
                          '--config.model.')
-  if 'weights' in overrides and sum(
-      models_lib.REGISTRY[m].weights_source is not None for m in models) > 1:
+  if 'weights' in overrides and sum(models_lib.REGISTRY[m].pretrained for m in models) > 1:
     raise app.UsageError('--config.weights would give vgg16 and vggface the same weights folder; '
                          'each has its own (configs/vgg16.py, configs/vggface.py). Convert them '
                          'there, or run one pretrained model per study.')

@@ -90,14 +90,14 @@ def trainable_labels(params, config):
   """Labels each param leaf 'train', 'finetune' or 'frozen' (a pytree like params)."""
   def label(path, _):
     part, layer = path[0].key, path[1].key
-    if part == 'head' or config.model == 'custom':
+    if part == 'head' or not models.REGISTRY[config.model].pretrained:
       return 'train'
     return 'finetune' if layer.split('_')[0] in config.finetune_blocks else 'frozen'
   return jax.tree_util.tree_map_with_path(label, params)
 
 
 def base_is_frozen(config):
-  return config.model != 'custom' and not config.finetune_blocks
+  return models.REGISTRY[config.model].pretrained and not config.finetune_blocks
 
 
 def create_learning_rate_fn(config, base_rate, steps_per_epoch):
