@@ -2,7 +2,7 @@
 
 A run on a frozen pretrained base trains only its head, on the base's features of each image
 (and of its mirror image, so flip augmentation stays exact). The features are kept beside the
-dataset's decoded images, one row per dataset record, filled in as runs ask for them: every size
+dataset's decoded images, one row per dataset record (gender_jax/record_files.py), filled in as runs ask for them: every size
 and seed of a study, and any later run of the same base on the same inputs, reads them instead of
 running the base again.
 """
@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from gender_jax import face_dataset
-from gender_jax import input_pipeline
+from gender_jax import record_files
 
 
 def _host_array(leaf):
@@ -66,10 +66,10 @@ def _features(split, key, encode):
       features = encode(split.take(todo))
       if lead:
         if os.path.exists(base + '.npy'):
-          array = np.load(base + '.npy', mmap_mode='r+')
+          array = record_files.RecordArray(base + '.npy')
         else:
-          array = np.lib.format.open_memmap(base + '.npy', 'w+', np.float32,
-                                            (records.count, *features.shape[1:]))
+          array = record_files.RecordArray(base + '.npy', (records.count, *features.shape[1:]),
+                                           np.float32)
         array[records.rows[todo]] = features
         array.flush()
         done[records.rows[todo]] = True
@@ -77,7 +77,7 @@ def _features(split, key, encode):
         os.replace(base + '.done.tmp.npy', base + '.done.npy')
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'features {base}')
-  return input_pipeline.Rows(np.load(base + '.npy', mmap_mode='r'), records.rows)
+  return record_files.Rows(record_files.RecordArray(base + '.npy'), records.rows)
 
 
 def feature_batch(batch, features):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from configs import default
 from gender_jax import checkpoints
 from gender_jax import evaluation
 from gender_jax import metrics
@@ -31,7 +32,9 @@ def load_trained(workdir):
     raise run_dir.NoRunError(
         f'{workdir} holds no trained run ({run_dir.CONFIG} is missing); train one with: '
         f'python -m gender_jax.main --config=configs/custom.py --workdir={workdir}')
-  config = ml_collections.ConfigDict(run_dir.read_json(config_path))  # Complete on its own.
+  # Over the defaults: fields added since the run was saved take their default values.
+  config = default.get_config()
+  config.update(run_dir.read_json(config_path))
   metadata = run_dir.read_json(run_dir.path(workdir, run_dir.WEIGHTS_METADATA))
   model = models.create_model(config, metadata and metadata['preprocessing'])
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)

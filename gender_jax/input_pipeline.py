@@ -26,6 +26,7 @@ from gender_jax import cli
 from gender_jax import config_check
 from gender_jax import face_dataset
 from gender_jax import faces
+from gender_jax import record_files
 from gender_jax import run_dir
 
 SPLITS = face_dataset.SPLITS
@@ -35,45 +36,11 @@ _WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in me
 _DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
 
 
-class Rows:
-  """Rows of an array, read when indexed: a split's images stay in the decoded cache on disk
-  (memory-mapped), so memory holds a batch, not a split, however large the dataset."""
-
-  def __init__(self, array, rows=None):
-    self.array = array
-    self.rows = np.arange(len(array)) if rows is None else np.asarray(rows)
-
-  def __len__(self):
-    return len(self.rows)
-
-  @property
-  def shape(self):
-    return (len(self.rows), *self.array.shape[1:])
-
-  @property
-  def dtype(self):
-    return self.array.dtype
-
-  def __getitem__(self, index):
-    """The rows at `index` (an int, slice, index array or mask), read into memory."""
-    return np.asarray(self.array[self.rows[index]])
-
-  def __array__(self, dtype=None, copy=None):
-    return np.asarray(self[:], dtype)
-
-  def __iter__(self):
-    return (np.asarray(self.array[r]) for r in self.rows)
-
-  def subset(self, index):
-    """The rows at `index`, still on disk."""
-    return Rows(self.array, self.rows[index])
-
-
 @dataclasses.dataclass
 class Split:
   """One split's examples, in path order."""
   name: str
-  images: Rows  # uint8 (N, S, S, 3), RGB, at config.image_size (an array is wrapped in Rows).
+  images: record_files.Rows  # uint8 (N, S, S, 3) RGB at config.image_size; an array is wrapped.
   labels: np.ndarray  # int32 (N,), 0 female / 1 male.
   paths: list  # Paths relative to source_dir (for reports and file lists).
   source_dir: str
@@ -82,8 +49,8 @@ class Split:
   records: 'Records | None' = None  # Where its images are cached, for caches derived from them.
 
   def __post_init__(self):
-    if not isinstance(self.images, Rows):
-      self.images = Rows(self.images)
+    if not isinstance(self.images, record_files.Rows):
+      self.images = record_files.Rows(self.images)
 
   def __len__(self):
     return len(self.labels)
@@ -167,25 +134,25 @@ def _cached_images(builder, split, rows, size, key, convert):
   num_records = builder.info.splits[split].num_examples
   with face_dataset.locked(base + '.lock'):
     if os.path.exists(base + '.done.npy'):  # Saved last, so the images before it are whole.
-      images = np.load(base + '.npy', mmap_mode='r+')
+      images = record_files.RecordArray(base + '.npy')
       done = np.load(base + '.done.npy')
     else:
-      images = np.lib.format.open_memmap(base + '.npy', 'w+', np.uint8, (num_records, size, size, 3))
+      images = record_files.RecordArray(base + '.npy', (num_records, size, size, 3), np.uint8)
       done = np.zeros(num_records, bool)
     todo = rows[~done[rows]]
     if len(todo):
-      records = builder.as_data_source(split)
+      source = builder.as_data_source(split)
       with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} ({key})', unit=' img') as bar:
         for start in range(0, len(todo), _WINDOW):
           window = todo[start:start + _WINDOW]
-          blobs = [r['image'] for r in records.__getitems__(window.tolist())]
+          blobs = [r['image'] for r in source.__getitems__(window.tolist())]
           if _decode_convert(blobs.__getitem__, window, convert, images, bar):
             _damaged(builder)
       images.flush()
       done[todo] = True
       np.save(base + '.done.tmp.npy', done)
       os.replace(base + '.done.tmp.npy', base + '.done.npy')
-  return Rows(np.load(base + '.npy', mmap_mode='r'), rows)
+  return record_files.Rows(images, rows)
 
 
 def _damaged(builder):
@@ -237,14 +204,14 @@ def _cached_landmarks(builder, split, rows, detector, detector_id):
       done = np.zeros(num_records, bool)
     blocks = np.unique(rows[~done[rows]] // _DETECT_WINDOW)
     if len(blocks):
-      records = builder.as_data_source(split)
+      source = builder.as_data_source(split)
       with tqdm.tqdm(total=len(blocks), desc=f'Finding faces in {split}', unit=' block') as bar:
         for block in blocks:
           window = np.arange(block * _DETECT_WINDOW,
                              min(num_records, (block + 1) * _DETECT_WINDOW))
           try:
             images = [face_dataset.decode_rgb(r['image'])
-                      for r in records.__getitems__(window.tolist())]
+                      for r in source.__getitems__(window.tolist())]
           except face_dataset.BadImageError:
             _damaged(builder)
           new = window[~done[window]]  # A cache from before blocks may hold some already.

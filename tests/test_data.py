@@ -13,6 +13,7 @@ import pytest
 from gender_jax import face_dataset
 from gender_jax import faces
 from gender_jax import input_pipeline
+from gender_jax import record_files
 
 # (female, male) images per split of the small folder most tests use.
 COUNTS = {'train': (12, 8), 'valid': (5, 5), 'test': (6, 4)}
@@ -87,9 +88,9 @@ def test_counts_labels_and_paths(splits, folder):
 
 def test_images_stay_on_disk_until_a_batch_asks_for_them(splits):
   images = splits['train'].images
-  assert isinstance(images.array, np.memmap)  # The decoded cache, not a copy in memory.
+  assert isinstance(images.array, record_files.RecordArray)  # The cache on disk, not a copy.
   batch = images[np.array([3, 0, 2])]
-  assert isinstance(batch, np.ndarray) and not isinstance(batch, np.memmap)
+  assert isinstance(batch, np.ndarray)
   np.testing.assert_array_equal(batch[1], np.asarray(images)[0])
 
 
@@ -541,3 +542,20 @@ def test_real_faces_protocol(celeba_gender_dir, tmp_path):
   assert {s: len(d.rows) for s, d in drawn.items()} == {'train': 5000, 'valid': 750, 'test': 750}
   counts = {s: np.bincount(index[s][1][d.rows]).tolist() for s, d in drawn.items()}
   assert counts == {'train': [2865, 2135], 'valid': [469, 281], 'test': [430, 320]}
+
+
+def test_record_arrays_are_npy_files_read_and_written_by_row(tmp_path):
+  path = str(tmp_path / 'rows.npy')
+  array = record_files.RecordArray(path, (5, 2, 3), np.uint8)
+  array[np.array([3, 1])] = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+  array.flush()
+  saved = np.load(path)  # numpy reads what was written: the same format.
+  assert saved.shape == (5, 2, 3) and saved[0].sum() == 0
+  np.testing.assert_array_equal(saved[[3, 1]], np.arange(12).reshape(2, 2, 3))
+  again = record_files.RecordArray(path)
+  np.testing.assert_array_equal(again[np.array([1, 3])], saved[[1, 3]])
+  np.testing.assert_array_equal(again[4], saved[4])
+  rows = record_files.Rows(again, [3, 1, 0])
+  np.testing.assert_array_equal(rows[1:], saved[[1, 0]])
+  np.testing.assert_array_equal(np.asarray(rows.subset(np.array([True, False, True]))),
+                                saved[[3, 0]])
