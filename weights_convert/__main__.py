@@ -10,6 +10,7 @@ or VGGFace), or facenet-pytorch's MTCNN face detector.
 import argparse
 import sys
 
+from gender_jax import cli
 from gender_jax import pretrained
 from weights_convert import convert, download, mtcnn
 
@@ -76,6 +77,11 @@ def main(argv=None):
     (_convert_mtcnn if args.source == 'mtcnn' else _convert_vgg16)(args)
   except convert.ConversionError as e:
     print(f'error: {e}', file=sys.stderr)
+    return 2
+  except OSError as e:  # A missing or read-only path, a full disk: one line, as gender_jax's.
+    if cli.environment_fault(e) is None:
+      raise
+    print(f'error: {cli.environment_fault(e)}', file=sys.stderr)
     return 2
   return 0
 
