@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+import gender_jax  # First: its CPU defaults (XLA_FLAGS) are set before JAX starts.
+
 _CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 
 
@@ -174,7 +176,8 @@ def torch_extractor(size, dtype, batch, device):
 # ---------------------------------------------------------------------------------------------
 def versions(frameworks):
   import jax  # pylint: disable=g-import-not-at-top
-  out = {'jax': jax.__version__, 'jax_devices': str(jax.devices())}
+  out = {'jax': jax.__version__, 'jax_devices': str(jax.devices()),
+         'gender_jax_cpu_flags': gender_jax.CPU_XLA_FLAGS in os.environ.get('XLA_FLAGS', '')}
   if 'torch' in frameworks:
     import torch  # pylint: disable=g-import-not-at-top
     out['torch'] = torch.__version__
