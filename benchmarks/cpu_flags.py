@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 SETTINGS = {'none': {'GENDER_JAX_CPU_DEFAULTS': '0'}, 'gender_jax': {}}
 
@@ -65,9 +66,10 @@ def main():
   args = parser.parse_args()
   results = {name: [] for name in SETTINGS}
   params = {}
+  scratch = tempfile.mkdtemp(prefix='cpu_flags_')
   for round_index in range(args.rounds):
     for name, env in SETTINGS.items():
-      path = f'/tmp/cpu_flags_{name}.npy'
+      path = os.path.join(scratch, f'{name}.npy')
       done = subprocess.run([sys.executable, '-c', WORKER, str(args.steps), path],
                             env={**os.environ, **env, 'JAX_PLATFORMS': 'cpu'},
                             capture_output=True, text=True, check=True)

@@ -37,6 +37,7 @@ import platform
 import resource
 import shutil
 import sys
+import tempfile
 import threading
 import time
 
@@ -66,7 +67,7 @@ def parse_args(argv=None):
                                                          'celeba_gender'),
                       help='The real faces the links point to.')
   parser.add_argument('--folder', default='',
-                      help='The generated face folder (default /tmp/memory_scale/faces_N).')
+                      help='The generated face folder (default TMPDIR/memory_scale/faces_N).')
   parser.add_argument('--tfds_dir', default='',
                       help='Reused as it is if given; default FOLDER/.tfds, rebuilt each run.')
   parser.add_argument('--train_steps', type=int, default=0,
@@ -184,7 +185,8 @@ def train_steps(config, split, steps):
 
 def main(argv=None):
   args = parse_args(argv)
-  folder = os.path.abspath(args.folder or f'/tmp/memory_scale/faces_{args.num_images}')
+  folder = os.path.abspath(args.folder or os.path.join(
+      tempfile.gettempdir(), 'memory_scale', f'faces_{args.num_images}'))
   tfds_dir = args.tfds_dir or os.path.join(folder, '.tfds')  # Hidden: not a split folder.
   if not args.tfds_dir:
     shutil.rmtree(tfds_dir, ignore_errors=True)

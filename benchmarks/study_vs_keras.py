@@ -13,7 +13,7 @@ nothing, only the custom model's can be compared).
 
   KERAS_PYTHON=VENV/bin/python python benchmarks/study_vs_keras.py \
       --data_dir=../shared/data/celeba_gender --image_size=64 --epochs=3 \
-      --workdir=/tmp/study_vs_keras --json=study_vs_keras.json
+      --workdir=runs/study_vs_keras --json=study_vs_keras.json
 """
 import argparse
 import datetime

@@ -9,7 +9,6 @@ running the base again.
 import contextlib
 import hashlib
 import json
-import os
 
 import jax
 from jax.experimental import multihost_utils
@@ -56,25 +55,18 @@ def _features(split, key, encode):
   base = f'{records.cache}.features-{key}'
   lead = jax.process_index() == 0  # Decides what to encode and writes; every process encodes.
   with face_dataset.locked(base + '.lock') if lead else contextlib.nullcontext():
-    done = np.zeros(records.count, bool)
-    if lead and os.path.exists(base + '.done.npy'):  # Saved last: the rows before it are whole.
-      done = np.load(base + '.done.npy')
+    done = record_files.read_done(base, records.count) if lead else np.zeros(records.count, bool)
     if jax.process_count() > 1:
       done = np.asarray(multihost_utils.broadcast_one_to_all(done))
     todo = np.flatnonzero(~done[records.rows])
     if len(todo):
       features = encode(split.take(todo))
       if lead:
-        if os.path.exists(base + '.npy'):
-          array = record_files.RecordArray(base + '.npy')
-        else:
-          array = record_files.RecordArray(base + '.npy', (records.count, *features.shape[1:]),
-                                           np.float32)
+        array = record_files.open_array(base, (records.count, *features.shape[1:]), np.float32)
         array[records.rows[todo]] = features
         array.flush()
         done[records.rows[todo]] = True
-        np.save(base + '.done.tmp.npy', done)
-        os.replace(base + '.done.tmp.npy', base + '.done.npy')
+        record_files.write_done(base, done)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'features {base}')
   return record_files.Rows(record_files.RecordArray(base + '.npy'), records.rows)

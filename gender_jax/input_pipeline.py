@@ -133,12 +133,8 @@ def _cached_images(builder, split, rows, size, key, convert):
   base = _cache_base(builder, split, key)
   num_records = builder.info.splits[split].num_examples
   with face_dataset.locked(base + '.lock'):
-    if os.path.exists(base + '.done.npy'):  # Saved last, so the images before it are whole.
-      images = record_files.RecordArray(base + '.npy')
-      done = np.load(base + '.done.npy')
-    else:
-      images = record_files.RecordArray(base + '.npy', (num_records, size, size, 3), np.uint8)
-      done = np.zeros(num_records, bool)
+    images = record_files.open_array(base, (num_records, size, size, 3), np.uint8)
+    done = record_files.read_done(base, num_records)
     todo = rows[~done[rows]]
     if len(todo):
       source = builder.as_data_source(split)
@@ -150,8 +146,7 @@ def _cached_images(builder, split, rows, size, key, convert):
             _damaged(builder)
       images.flush()
       done[todo] = True
-      np.save(base + '.done.tmp.npy', done)
-      os.replace(base + '.done.tmp.npy', base + '.done.npy')
+      record_files.write_done(base, done)
   return record_files.Rows(images, rows)
 
 

@@ -58,6 +58,24 @@ class RecordArray:
       os.close(self._fd)
 
 
+def open_array(base, shape, dtype):
+  """The cache's rows, base.npy: created zero-filled with `shape` where it does not exist yet."""
+  path = base + '.npy'
+  return RecordArray(path) if os.path.exists(path) else RecordArray(path, shape, dtype)
+
+
+def read_done(base, count):
+  """Which of the cache's `count` rows are filled (its mask is saved after them: they are whole)."""
+  path = base + '.done.npy'
+  return np.load(path) if os.path.exists(path) else np.zeros(count, bool)
+
+
+def write_done(base, done):
+  """Saves the mask of filled rows, atomically, once the rows themselves are on disk."""
+  np.save(base + '.done.tmp.npy', done)
+  os.replace(base + '.done.tmp.npy', base + '.done.npy')
+
+
 class Rows:
   """Some rows of an array (a RecordArray on disk, or numpy in memory), read when indexed."""
 

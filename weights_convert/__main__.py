@@ -79,9 +79,10 @@ def main(argv=None):
     print(f'error: {e}', file=sys.stderr)
     return 2
   except OSError as e:  # A missing or read-only path, a full disk: one line, as gender_jax's.
-    if cli.environment_fault(e) is None:
+    fault = cli.environment_fault(e)
+    if fault is None:
       raise
-    print(f'error: {cli.environment_fault(e)}', file=sys.stderr)
+    print(f'error: {fault}', file=sys.stderr)
     return 2
   return 0
 
