@@ -1,6 +1,9 @@
 """gender_jax: facial gender classification by transfer learning in JAX/Flax."""
+import ctypes
 import importlib.metadata
 import os
+import platform
+import sys
 
 LABELS = ('female', 'male')  # label index -> name: Female = 0, Male = 1.
 
@@ -26,7 +29,25 @@ def _set_cpu_defaults():
     os.environ['XLA_FLAGS'] = f'{flags} {CPU_XLA_FLAGS}'.strip()
 
 
+# glibc hands blocks over 32 MiB back to the OS when freed, so each jitted step's buffers (the
+# custom CNN's training step: ~250 MiB) come back as fresh pages, zeroed and faulted in one by one:
+# 65,000 page faults a step, a fifth of its time (benchmarks/RESULTS.md, "Freed memory kept").
+# Kept instead: no mmap'd blocks, no trimming, one arena (threads' own arenas would mmap again).
+# The process's resident memory stays at its high-water mark. Same switch as the flags above.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # mallopt's parameters (malloc.h).
+
+
+def _keep_freed_memory():
+  if (os.environ.get('GENDER_JAX_CPU_DEFAULTS', '1') == '0' or sys.platform != 'linux' or
+      platform.libc_ver()[0] != 'glibc'):
+    return
+  libc = ctypes.CDLL(None)  # The process's malloc: glibc's, or a preloaded one's (which ignores this).
+  for parameter, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
+    libc.mallopt(parameter, value)
+
+
 _set_cpu_defaults()
+_keep_freed_memory()
 
 
 class UserError(Exception):
