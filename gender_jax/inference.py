@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from configs import default
+from gender_jax import base_config
 from gender_jax import checkpoints
 from gender_jax import evaluation
 from gender_jax import metrics
@@ -33,7 +33,7 @@ def load_trained(workdir):
         f'{workdir} holds no trained run ({run_dir.CONFIG} is missing); train one with: '
         f'python -m gender_jax.main --config=configs/custom.py --workdir={workdir}')
   # Over the defaults: fields added since the run was saved take their default values.
-  config = default.get_config()
+  config = base_config.get_config()
   config.update(run_dir.read_json(config_path))
   metadata = run_dir.read_json(run_dir.path(workdir, run_dir.WEIGHTS_METADATA))
   model = models.create_model(config, metadata and metadata['preprocessing'])

@@ -22,6 +22,7 @@ import numpy as np
 import tqdm
 
 from gender_jax import LABELS
+from gender_jax import base_config
 from gender_jax import cli
 from gender_jax import config_check
 from gender_jax import face_dataset
@@ -670,8 +671,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
+  config = base_config.get_config()
   for name in ('data_dir', 'tfds_dir', 'num_train', 'num_valid', 'num_test', 'seed',
                'image_size', 'resize', 'max_bad_fraction'):
     if FLAGS[name].value is not None:

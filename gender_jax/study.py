@@ -17,7 +17,6 @@ runs from their checkpoints. A pretrained model whose converted weights are miss
 that make them, and the skip is recorded in workdir/study.json and the report.
 """
 import datetime
-import importlib
 import importlib.util
 import os
 import platform
@@ -29,7 +28,6 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-import configs.default
 from gender_jax import cli
 from gender_jax import config_check
 from gender_jax import models as models_lib
@@ -41,9 +39,9 @@ from gender_jax import train
 MODELS = tuple(models_lib.REGISTRY)
 
 
-def _config_family(path):
-  """The get_config of a config file that takes the model name (like configs/tiny.py)."""
-  spec = importlib.util.spec_from_file_location('study_config_family', path)
+def _get_config(path):
+  """The get_config of a config file, loaded by its path (configs/ is not a package import)."""
+  spec = importlib.util.spec_from_file_location('study_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config
@@ -71,9 +69,9 @@ def experiment_configs(models, config_filename, overrides):
   experiments = {}
   for model in models:
     if has_arg:
-      config = _config_family(path)(model)
-    else:
-      config = importlib.import_module(f'configs.{model}').get_config()
+      config = _get_config(path)(model)
+    else:  # The model's own file beside default.py.
+      config = _get_config(os.path.join(os.path.dirname(path), f'{model}.py'))()
     config.update_from_flattened_dict(overrides)
     if config.model != model:
       raise ValueError(f'{config_filename} gave model={config.model!r} for {model!r}.')
@@ -186,7 +184,7 @@ def define_flags():
   flags.DEFINE_list('sizes', [], 'Training-set sizes (num_train) to sweep, e.g. 250,500,1000.')
   flags.DEFINE_list('seeds', [], 'Training seeds (train_seed) to sweep, e.g. 0,1,2.')
   config_flags.DEFINE_config_file(
-      'config', configs.default.__file__, 'Fields set here (--config.field=value) override every '
+      'config', 'configs/default.py', 'Fields set here (--config.field=value) override every '
       "experiment; a file taking an argument (configs/tiny.py:custom) is called with each model.",
       lock_config=True)
   flags.mark_flags_as_required(['workdir'])
