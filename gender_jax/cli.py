@@ -7,6 +7,7 @@ for with --verbosity=0 (or higher).
 """
 import errno
 import os
+import re
 import shlex
 import sys
 
@@ -33,10 +34,21 @@ def command_line(module):
   return shlex.join(['python', '-m', module, *sys.argv[1:]])
 
 
+def _flag_problems(error):
+  """absl's flag errors in one line: 'flag --out=None: Flag --out must have a value other than
+  None.' becomes '--out is required'."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return '; '.join(re.sub(r'^flag --(\S+)=None: Flag --\1 must have a value other than None\.$',
+                          r'--\1 is required', line) for line in lines)
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with one line for a --config.field the config does not have."""
+  """absl's flag parsing, with one line for each kind of mistake: a flag's (absl's own words,
+  unless it is a missing required flag) or a --config.field the config does not have."""
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f'error: {_flag_problems(e)} (--help lists the flags)') from None
   except (AttributeError, KeyError) as e:  # ml_collections' word for an unknown field.
     message = e
     while isinstance(message, (AttributeError, KeyError)) and message.args:

@@ -15,15 +15,19 @@ from gender_jax import cli
 from gender_jax import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results.json go.')
-config_flags.DEFINE_config_file('config', None, 'An experiment config file (configs/*.py).',
-                                lock_config=True)
-flags.DEFINE_string('coordinator_address', None,
-                    'Multi-host runs: host:port of process 0 (else auto-detected on TPU/Slurm).')
-flags.DEFINE_integer('num_processes', None, 'Multi-host runs: the number of processes.')
-flags.DEFINE_integer('process_id', None, 'Multi-host runs: this process\'s index.')
-flags.DEFINE_bool('multihost', False, 'Join a multi-host run through jax.distributed.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags():
+  """Defines the command line flags; only when run as a script, so imports never clash."""
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results.json go.')
+  config_flags.DEFINE_config_file('config', None, 'An experiment config file (configs/*.py).',
+                                  lock_config=True)
+  flags.DEFINE_string('coordinator_address', None,
+                      'Multi-host runs: host:port of process 0 (else auto-detected on TPU/Slurm).')
+  flags.DEFINE_integer('num_processes', None, 'Multi-host runs: the number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-host runs: this process\'s index.')
+  flags.DEFINE_bool('multihost', False, 'Join a multi-host run through jax.distributed.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
@@ -37,4 +41,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

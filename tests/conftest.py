@@ -2,6 +2,8 @@
 import importlib.util
 import os
 import pathlib
+import sys
+from unittest import mock
 
 # Before jax is imported anywhere: fake devices, CPU only, Keras (test-only) on the JAX backend.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -96,3 +98,30 @@ def mtcnn_weights(tmp_path_factory):
   out = tmp_path_factory.mktemp('mtcnn') / 'weights'
   mtcnn.convert_mtcnn(out, pt_dir=pathlib.Path(spec.origin).parent / 'data')
   return out
+
+
+@pytest.fixture(scope='session')
+def _converter_flags():
+  from weights_convert import __main__ as command  # pylint: disable=g-import-not-at-top
+  command.define_flags()  # As `python -m weights_convert` does; once per process (absl's rule).
+  return command
+
+
+@pytest.fixture
+def convert_cli(_converter_flags, capsys):  # pylint: disable=redefined-outer-name
+  """Runs `python -m weights_convert ARGS` in-process: (exit status, stdout, stderr). In-process,
+  so that tests can monkeypatch downloads; flagsaver resets the flags after each run."""
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from gender_jax import cli  # pylint: disable=g-import-not-at-top
+
+  def run(*args):
+    argv = ['weights_convert', *map(str, args)]
+    with flagsaver.flagsaver(), mock.patch.object(sys, 'argv', argv), \
+        pytest.raises(SystemExit) as exit_:
+      cli.run(_converter_flags.main)
+    captured = capsys.readouterr()
+    code = exit_.value.code
+    if isinstance(code, str):  # SystemExit('error: ...'): the interpreter prints it, status 1.
+      return 1, captured.out, captured.err + code + '\n'
+    return code or 0, captured.out, captured.err
+  return run

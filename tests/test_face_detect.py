@@ -19,7 +19,6 @@ import pytest
 
 import facenet_reference
 from gender_jax import face_detect, pretrained
-from weights_convert import __main__ as cli
 from weights_convert import download, mtcnn, torch_legacy
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -167,12 +166,6 @@ def test_reader_refuses_zip_and_truncated_files(pt_dir, tmp_path):  # pylint: di
 
 # --- Conversion: python -m weights_convert --source mtcnn. ---
 
-def _cli(capsys, *args):
-  status = cli.main([str(a) for a in args])
-  captured = capsys.readouterr()
-  return status, captured.out, captured.err
-
-
 def _write_wheel(path, pt_dir, members=None):  # pylint: disable=redefined-outer-name
   with zipfile.ZipFile(path, 'w') as z:
     z.writestr('facenet_pytorch/__init__.py', '')
@@ -188,13 +181,13 @@ def facenet_wheel(pt_dir, tmp_path_factory):  # pylint: disable=redefined-outer-
                       pt_dir)
 
 
-def test_wheel_and_pt_dir_give_the_same_params(facenet_wheel, pt_dir, tmp_path, capsys):  # pylint: disable=redefined-outer-name
-  status, out, err = _cli(capsys, '--source', 'mtcnn', '--wheel', facenet_wheel,
+def test_wheel_and_pt_dir_give_the_same_params(facenet_wheel, pt_dir, tmp_path, convert_cli):  # pylint: disable=redefined-outer-name
+  status, out, err = convert_cli('--source', 'mtcnn', '--wheel', facenet_wheel,
                           '--out', tmp_path / 'a')
   assert status == 0, err
   wheel_sha = hashlib.sha256(facenet_wheel.read_bytes()).hexdigest()
   assert f'sha256 {wheel_sha}' in out
-  assert _cli(capsys, '--source', 'mtcnn', '--pt-dir', pt_dir, '--out', tmp_path / 'b')[0] == 0
+  assert convert_cli('--source', 'mtcnn', '--pt-dir', pt_dir, '--out', tmp_path / 'b')[0] == 0
   (a, meta_a), (b, meta_b) = (face_detect.load_params(tmp_path / n) for n in 'ab')
   for key, value in traverse_util.flatten_dict(a).items():
     np.testing.assert_array_equal(value, traverse_util.flatten_dict(b)[key])
@@ -207,14 +200,14 @@ def test_wheel_and_pt_dir_give_the_same_params(facenet_wheel, pt_dir, tmp_path, 
 
 
 def test_download_fetches_the_pinned_wheel_and_converts_it(facenet_wheel, monkeypatch, tmp_path,  # pylint: disable=redefined-outer-name
-                                                           capsys):
+                                                           convert_cli):
   monkeypatch.setattr(mtcnn, 'WHEEL_URL', facenet_wheel.as_uri())
   with pytest.raises(download.DownloadError, match='of facenet-pytorch 2.6.0 on PyPI'):
     download.fetch('mtcnn', tmp_path / 'cache')  # Not the real wheel: its hash differs.
   assert not any((tmp_path / 'cache').iterdir())
   digest = hashlib.sha256(facenet_wheel.read_bytes()).hexdigest()
   monkeypatch.setitem(download.SHA256_OF_SOURCE, 'mtcnn', digest)
-  status, _, err = _cli(capsys, '--source', 'mtcnn', '--download', '--cache-dir',
+  status, _, err = convert_cli('--source', 'mtcnn', '--download', '--cache-dir',
                         tmp_path / 'cache', '--out', tmp_path / 'w')
   assert status == 0, err
   assert [p.name for p in (tmp_path / 'cache').iterdir()] == [facenet_wheel.name]
@@ -278,21 +271,21 @@ BAD_INPUTS = {f.__name__[1:]: f for f in (
 
 
 @pytest.mark.parametrize('case', BAD_INPUTS)
-def test_bad_input_is_one_error_line_and_writes_nothing(case, pt_dir, tmp_path, capsys):  # pylint: disable=redefined-outer-name
+def test_bad_input_is_one_error_line_and_writes_nothing(case, pt_dir, tmp_path, convert_cli):  # pylint: disable=redefined-outer-name
   (tmp_path / 'in').mkdir()
   args, says = BAD_INPUTS[case](tmp_path / 'in', pt_dir)
-  status, _, err = _cli(capsys, '--source', 'mtcnn', *args, '--out', tmp_path / 'o' / 'w')
-  assert status == 2
+  status, _, err = convert_cli('--source', 'mtcnn', *args, '--out', tmp_path / 'o' / 'w')
+  assert status == 1
   assert err.startswith('error: ') and err.count('\n') == 1, err
   for text in says:
     assert text in err
   assert not (tmp_path / 'o').exists()
 
 
-def test_mtcnn_inputs_are_refused_for_vgg16_sources(facenet_wheel, tmp_path, capsys):  # pylint: disable=redefined-outer-name
-  status, _, err = _cli(capsys, '--source', 'vggface', '--wheel', facenet_wheel,
+def test_mtcnn_inputs_are_refused_for_vgg16_sources(facenet_wheel, tmp_path, convert_cli):  # pylint: disable=redefined-outer-name
+  status, _, err = convert_cli('--source', 'vggface', '--wheel', facenet_wheel,
                         '--out', tmp_path / 'w')
-  assert status == 2 and '--wheel is for --source mtcnn' in err
+  assert status == 1 and '--wheel is for --source mtcnn' in err
 
 
 # --- Loading a converted folder. ---

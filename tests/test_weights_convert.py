@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import sys
 import time
+from unittest import mock
 
+from absl.testing import flagsaver
 import h5py
 import jax
 import keras
@@ -21,8 +23,8 @@ from keras.src.legacy.saving import legacy_h5_format
 import numpy as np
 import pytest
 
-from gender_jax import models, pretrained, preprocessing
-from weights_convert import __main__ as cli
+from gender_jax import cli, models, pretrained, preprocessing
+from weights_convert import __main__ as command
 from weights_convert import convert, download, mtcnn
 
 SIZE = 64  # Input px: a 2x2x512 output, so the comparison covers spatial layout too.
@@ -166,18 +168,11 @@ def _assert_reproduces_keras(params, net):
   assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-5
 
 
-def _cli(capsys, *args):
-  """Runs the command line in-process: (exit status, stdout, stderr)."""
-  status = cli.main([str(a) for a in args])
-  captured = capsys.readouterr()
-  return status, captured.out, captured.err
-
-
 @pytest.mark.parametrize('case', CASES)
 def test_every_layout_converts_to_params_that_reproduce_keras(case, h5_files, keras_nets,
-                                                              tmp_path, capsys):
+                                                              tmp_path, convert_cli):
   source, _, layout, skipped = CASES[case]
-  status, out, err = _cli(capsys, '--source', source, '--h5', h5_files[case],
+  status, out, err = convert_cli('--source', source, '--h5', h5_files[case],
                           '--out', tmp_path / 'w')
   assert status == 0, err
   assert f'skipped layers: {", ".join(skipped) or "none"}' in out
@@ -268,25 +263,25 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize('case', BAD_FILES)
-def test_bad_file_is_one_error_line_and_writes_nothing(case, h5_files, tmp_path, capsys):
+def test_bad_file_is_one_error_line_and_writes_nothing(case, h5_files, tmp_path, convert_cli):
   write, says = BAD_FILES[case]
   path = tmp_path / 'in' / f'{case}.h5'
   path.parent.mkdir()
   write(path, h5_files)
-  status, _, err = _cli(capsys, '--source', 'vggface', '--h5', path, '--out', tmp_path / 'o' / 'w')
-  assert status == 2
+  status, _, err = convert_cli('--source', 'vggface', '--h5', path, '--out', tmp_path / 'o' / 'w')
+  assert status == 1
   assert err.startswith('error: ') and err.count('\n') == 1, err
   for text in [str(path), *says]:
     assert text in err
   assert not (tmp_path / 'o').exists()
 
 
-def test_failed_conversion_keeps_the_existing_folder(h5_files, tmp_path, capsys):
+def test_failed_conversion_keeps_the_existing_folder(h5_files, tmp_path, convert_cli):
   out = tmp_path / 'w'
   before = convert.convert('vggface', h5_files['vggface_tf_keras_notop'], out)
   bad = tmp_path / 'bad.h5'
   bad.write_bytes(b'not hdf5')
-  assert _cli(capsys, '--source', 'vggface', '--h5', bad, '--out', out)[0] == 2
+  assert convert_cli('--source', 'vggface', '--h5', bad, '--out', out)[0] == 1
   assert pretrained.load(out, 'vggface')[1] == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ['bad.h5', 'w']
 
@@ -343,7 +338,7 @@ def test_command_refuses_to_replace_another_sources_weights(converted_weights, t
                            '--h5', 'nowhere.h5', '--out', 'weights/imagenet'],
                           cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(REPO)},
                           capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode == 2  # Before the h5 is even opened: it does not exist.
+  assert result.returncode == 1  # Before the h5 is even opened: it does not exist.
   assert result.stderr.splitlines()[-1] == _refusal('weights/imagenet', 'imagenet', 'vggface',
                                                     converted_weights)
   assert (out / 'metadata.json').read_text() == before
@@ -353,25 +348,25 @@ def test_command_refuses_to_replace_another_sources_weights(converted_weights, t
 @pytest.mark.parametrize('held,source', [('imagenet', 'vggface'), ('vggface', 'imagenet'),
                                          ('mtcnn', 'imagenet'), ('imagenet', 'mtcnn')])
 def test_refusal_comes_before_any_download(held, source, converted_weights, monkeypatch,
-                                           tmp_path, capsys):
+                                           tmp_path, convert_cli):
   def fetch(*args):
     raise AssertionError(f'downloaded {args}')
   monkeypatch.setattr(download, 'fetch', fetch)
   out = _folder_of(held, tmp_path / 'w', converted_weights)
-  status, _, err = _cli(capsys, '--source', source, '--download', '--out', out)
-  assert status == 2
+  status, _, err = convert_cli('--source', source, '--download', '--out', out)
+  assert status == 1
   assert err == _refusal(out, held, source, converted_weights) + '\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ['w']
 
 
 def test_overwrite_replaces_another_sources_weights_and_the_same_source_needs_none(
-    converted_weights, h5_files, keras_nets, tmp_path, capsys):
+    converted_weights, h5_files, keras_nets, tmp_path, convert_cli):
   out = _folder_of('imagenet', tmp_path / 'w', converted_weights)
-  status, _, err = _cli(capsys, '--source', 'vggface', '--h5', h5_files['vggface_tf_keras_notop'],
+  status, _, err = convert_cli('--source', 'vggface', '--h5', h5_files['vggface_tf_keras_notop'],
                         '--out', out, '--overwrite')
   assert status == 0, err
   assert pretrained.load(out, 'vggface')[1]['h5_layout'] == 'tf_keras'
-  status, _, err = _cli(capsys, '--source', 'vggface', '--h5',  # Converting again: no flag.
+  status, _, err = convert_cli('--source', 'vggface', '--h5',  # Converting again: no flag.
                         h5_files['vggface_keras2_whole_model'], '--out', out)
   assert status == 0, err
   params, metadata = pretrained.load(out, 'vggface')
@@ -380,32 +375,32 @@ def test_overwrite_replaces_another_sources_weights_and_the_same_source_needs_no
   assert [p.name for p in tmp_path.iterdir()] == ['w']
 
 
-def test_a_folder_of_other_files_is_replaced_only_with_overwrite(h5_files, tmp_path, capsys):
+def test_a_folder_of_other_files_is_replaced_only_with_overwrite(h5_files, tmp_path, convert_cli):
   out = tmp_path / 'w'
   (out / 'runs').mkdir(parents=True)
   (out / 'notes.txt').write_text('mine')
-  status, _, err = _cli(capsys, '--source', 'vggface', '--h5', tmp_path / 'nowhere.h5',
+  status, _, err = convert_cli('--source', 'vggface', '--h5', tmp_path / 'nowhere.h5',
                         '--out', out)
-  assert status == 2
+  assert status == 1
   assert err == (f'error: {out} holds notes.txt, runs/, not converted weights (no '
                  f'metadata.json); converting vggface there would replace them. Choose another '
                  f'--out, or pass --overwrite to replace them.\n')
   assert sorted(p.name for p in out.iterdir()) == ['notes.txt', 'runs']
   h5 = h5_files['vggface_tf_keras_notop']
-  assert _cli(capsys, '--source', 'vggface', '--h5', h5, '--out', out, '--overwrite')[0] == 0
+  assert convert_cli('--source', 'vggface', '--h5', h5, '--out', out, '--overwrite')[0] == 0
   assert sorted(p.name for p in out.iterdir()) == ['metadata.json', 'params']
   (tmp_path / 'empty').mkdir()  # An empty folder needs no --overwrite.
-  assert _cli(capsys, '--source', 'imagenet', '--h5', h5, '--out', tmp_path / 'empty')[0] == 0
+  assert convert_cli('--source', 'imagenet', '--h5', h5, '--out', tmp_path / 'empty')[0] == 0
 
 
-def test_sha256_pin_rejects_another_file(h5_files, tmp_path, capsys):
+def test_sha256_pin_rejects_another_file(h5_files, tmp_path, convert_cli):
   h5 = h5_files['vggface_tf_keras_notop']
-  status, _, err = _cli(capsys, '--source', 'vggface', '--h5', h5, '--sha256', '0' * 64,
+  status, _, err = convert_cli('--source', 'vggface', '--h5', h5, '--sha256', '0' * 64,
                         '--out', tmp_path / 'w')
-  assert status == 2 and f'expected {"0" * 64}' in err
+  assert status == 1 and f'expected {"0" * 64}' in err
   assert not (tmp_path / 'w').exists()
   digest = hashlib.sha256(h5.read_bytes()).hexdigest()
-  assert _cli(capsys, '--source', 'vggface', '--h5', h5, '--sha256', digest.upper(),
+  assert convert_cli('--source', 'vggface', '--h5', h5, '--sha256', digest.upper(),
               '--out', tmp_path / 'w')[0] == 0
 
 
@@ -415,8 +410,42 @@ def test_runs_as_a_module(tmp_path):
   result = subprocess.run([sys.executable, '-m', 'weights_convert', '--source', 'imagenet',
                            '--h5', str(bad), '--out', str(tmp_path / 'w')],
                           cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode == 2
+  assert result.returncode == 1
   assert result.stderr.splitlines()[-1].startswith(f'error: {bad}: not a readable HDF5 file')
+
+
+def _run_module(cwd, *args):
+  return subprocess.run([sys.executable, '-m', 'weights_convert', *args], cwd=cwd,
+                        env={**os.environ, 'PYTHONPATH': str(REPO)}, capture_output=True,
+                        text=True, timeout=120, check=False)
+
+
+def test_help_lists_only_the_converters_flags(tmp_path):
+  result = _run_module(tmp_path, '--help')
+  assert 'Traceback' not in result.stderr
+  assert 'python -m weights_convert --source vggface --download --out weights/vggface' in (
+      result.stdout)
+  listed = set(re.findall(r'^  (--\S+?):', result.stdout, re.MULTILINE))
+  assert listed == {'--source', '--h5', '--wheel', '--pt-dir', '--[no]download', '--out',
+                    '--[no]overwrite', '--sha256', '--cache-dir'}, result.stdout
+  assert '--verbosity' not in result.stdout and '--config' not in result.stdout
+
+
+@pytest.mark.parametrize('args,says', [
+    (['--source', 'vggface', '--h5', 'x.h5'], 'error: --out is required'),
+    (['--source', 'vggface', '--h5', 'x.h5', '--download', '--out', 'w'],
+     'give exactly one of --h5 FILE, --wheel FILE, --pt-dir DIR or --download.'),
+    (['--source', 'vggface', '--nodownload', '--out', 'w'], 'give exactly one of --h5 FILE'),
+    (['--source', 'vgg', '--h5', 'x.h5', '--out', 'w'],
+     'flag --source=vgg: value should be one of <imagenet|vggface|mtcnn>'),
+    (['--source', 'vggface', '--pt_dir', 'x', '--out', 'w'], 'Did you mean: pt-dir'),
+])
+def test_command_line_mistakes_are_one_line(args, says, tmp_path):
+  result = _run_module(tmp_path, *args)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and says in lines[0] and lines[0].startswith('error: '), result.stderr
+  assert not any(tmp_path.iterdir())
 
 
 # --- --download: never the real network; file:// URLs and an unreachable address instead. ---
@@ -465,8 +494,8 @@ def test_download_checks_the_pinned_sha256_and_reuses_the_cache(local_urls, monk
   assert download.fetch('vggface', tmp_path, sha256=digest) == path
 
 
-def test_download_then_convert_from_the_command_line(local_urls, keras_nets, tmp_path, capsys):
-  status, out, err = _cli(capsys, '--source', 'vggface', '--download', '--cache-dir',
+def test_download_then_convert_from_the_command_line(local_urls, keras_nets, tmp_path, convert_cli):
+  status, out, err = convert_cli('--source', 'vggface', '--download', '--cache-dir',
                           tmp_path / 'cache', '--out', tmp_path / 'w')
   assert status == 0, err
   digest = hashlib.sha256(local_urls['vggface'].read_bytes()).hexdigest()

@@ -21,13 +21,14 @@ import h5py
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gender_jax import UserError
 from gender_jax import models, pretrained
 
 # keras-vggface names its VGG16 convolutions conv{b}_{i} where Keras has block{b}_conv{i}.
 _VGGFACE_NAME = re.compile(r'conv(\d)_(\d)')
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
   """An h5 file that cannot become VGG16 base params; the message names file, layer and why."""
 
 
