@@ -1,37 +1,31 @@
 """A TFDS dataset built from a folder of face images sorted into male/female sub-folders.
 
 The folder is scanned, files not named as images (hidden ones, README.txt, Thumbs.db...) are
-skipped and counted, every image is decoded once to check it, and the good ones are written as
-ArrayRecord under `tfds_dir`, read back with `as_data_source` (no TensorFlow needed). Each example
-keeps the file's bytes verbatim (lossless and about 10x smaller than decoded pixels, which are
-cached per image size by the input pipeline), its label and its path relative to the folder. The
-builder config is named after a fingerprint of the folder's file list, sizes and mtimes, so a
-changed folder gets a fresh build and an unchanged one is reused; the folder is never written to.
+skipped and counted, every image is decoded once to check it (gender_jax/image_files.py), and
+the good ones are written as ArrayRecord under `tfds_dir`, read back with `as_data_source` (no
+TensorFlow needed). Each example keeps the file's bytes verbatim (lossless and about 10x smaller
+than decoded pixels, which gender_jax/decoded.py caches per image size), its label and its path
+relative to the folder. The builder config is named after a fingerprint of the folder's file
+list, sizes and mtimes, so a changed folder gets a fresh build and an unchanged one is reused; the
+folder is never written to.
 """
 import contextlib
 import dataclasses
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
 import re
 
 import numpy as np
-from PIL import Image
-from PIL import ImageFile
-from PIL import ImageOps
 import tensorflow_datasets as tfds
 import tqdm
 
 from gender_jax import LABELS
 from gender_jax import UserError
-
-# A truncated JPEG must fail to decode, not come back with grey rows, even if some other import
-# switched Pillow to tolerate it.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+from gender_jax import image_files
 
 SPLITS = ('train', 'valid', 'test')
 UNSPLIT = 'unsplit'  # The single TFDS split of a flat {male,female} folder.
@@ -50,12 +44,6 @@ REPORT_NAME = 'bad_files.txt'
 # Extensions (any case) of the files looked at; everything else in a class folder is skipped.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 SKIPPED_SHOWN = 10  # Skipped names kept in the dataset's metadata; all of them are counted.
-# What a file that Pillow cannot identify starts with: (offset, bytes, what it is).
-_IMAGE_SIGNATURES = ((0, b'\xff\xd8\xff', 'JPEG'), (0, b'\x89PNG', 'PNG'), (0, b'GIF8', 'GIF'),
-                     (8, b'WEBP', 'WebP'), (0, b'II*\0', 'TIFF'), (0, b'MM\0*', 'TIFF'))
-_OTHER_SIGNATURES = ((0, b'%PDF', 'a PDF'), (0, b'PK\x03\x04', 'a ZIP archive'),
-                     (0, b'\x1f\x8b', 'a gzip archive'), (4, b'ftyp', 'an HEIC photo or a video'))
-_TEXT_BYTES = bytes(range(32, 256)) + b'\t\n\r\f'
 
 # Every config of this builder is made per folder, so tfds' "Using custom data configuration"
 # warning on each load says nothing.
@@ -65,10 +53,6 @@ logging.getLogger('absl').addFilter(
 
 class FolderError(UserError, ValueError):
   """The face folder cannot be used as it is; the message says why and what to change."""
-
-
-class BadImageError(ValueError):
-  """A file that cannot be decoded to an RGB image; the message is the reason."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,59 +186,6 @@ def scan_folder(path):
   return FolderScan(root, layout, splits, examples, digest.hexdigest(), skipped)
 
 
-def to_rgb(image):
-  """Any Pillow image (grey, palette, RGBA, CMYK, 16-bit...) -> an upright 8-bit RGB image.
-
-  16-bit grey is scaled to 8 bits (convert would clip it) and transparent pixels are shown over
-  white, as an image viewer would.
-  """
-  image = ImageOps.exif_transpose(image)
-  if image.mode.startswith('I'):  # 'I;16*' (16-bit PNG), or 'I' (32-bit int) in 16-bit range.
-    image = Image.fromarray(
-        np.round(np.clip(np.asarray(image, np.float64), 0, 65535) / 257).astype(np.uint8))
-  if image.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or 'transparency' in image.info:
-    image = Image.alpha_composite(Image.new('RGBA', image.size, (255, 255, 255, 255)),
-                                  image.convert('RGBA'))
-  return image if image.mode == 'RGB' else image.convert('RGB')
-
-
-def _starts_as(data, signatures):
-  return next((name for at, magic, name in signatures if data[at:at + len(magic)] == magic), None)
-
-
-def _unidentified(data):
-  """Why Pillow found no image in `data`, from what the file looks like instead."""
-  image_format, other = _starts_as(data, _IMAGE_SIGNATURES), _starts_as(data, _OTHER_SIGNATURES)
-  if image_format:
-    return f'damaged {image_format} (starts like one, but Pillow cannot open it)'
-  if not other and not data[:512].translate(None, _TEXT_BYTES):
-    return 'a text file, not an image'
-  return (f'not an image Pillow can read (starts with bytes {data[:4].hex(" ")}'
-          + (f': {other}?)' if other else ')'))
-
-
-def decode_rgb(data):
-  """Decodes an image file's bytes to an RGB Pillow image; raises BadImageError saying why not."""
-  if not data:
-    raise BadImageError('empty file (0 bytes)')
-  image_format = _starts_as(data, _IMAGE_SIGNATURES) or 'image'  # If Image.open fails midway.
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      image_format = image.format or image_format
-      image.load()  # Image.open only reads the header; truncation shows up here.
-      return to_rgb(image)
-  except Image.UnidentifiedImageError as e:
-    raise BadImageError(_unidentified(data)) from e
-  # Pillow reports malformed files with many exception types (OSError, SyntaxError, struct.error,
-  # ValueError, ...); any of them means this file cannot be used.
-  except Exception as e:  # pylint: disable=broad-except
-    message = re.sub(r'\s*<[^>]* at 0x[0-9a-f]+>', '', str(e)).strip()  # No object reprs.
-    if isinstance(e, EOFError) or 'truncated' in message.lower():
-      raise BadImageError(f'truncated {image_format} (decodes partly)') from e
-    raise BadImageError(f'damaged {image_format}'
-                        + (f' (Pillow: {message})' if message else '')) from e
-
-
 @dataclasses.dataclass
 class FaceFolderConfig(tfds.core.BuilderConfig):
   """One face folder; the name carries its fingerprint, so each version of it builds apart."""
@@ -293,9 +224,9 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
       good[split] = []
       for rel, label in tqdm.tqdm(examples, desc=f'Checking {split} images', unit=' img'):
         try:
-          decode_rgb(read_file(scan.root, rel))
+          image_files.decode_rgb(read_file(scan.root, rel))
           good[split].append((rel, label))
-        except BadImageError as e:
+        except image_files.BadImageError as e:
           bad.append((rel, str(e)))
     metadata = {
         'source_dir': scan.root,
@@ -326,10 +257,10 @@ def read_file(root, rel):
     if os.path.islink(path):
       target = os.readlink(path)
       if e.errno == errno.ELOOP or os.path.isdir(path):  # isdir: a link to an enclosing folder.
-        raise BadImageError(f'symbolic link loop (links to {target})') from e
+        raise image_files.BadImageError(f'symbolic link loop (links to {target})') from e
       if not os.path.exists(path):
-        raise BadImageError(f'broken symbolic link to {target}') from e
-    raise BadImageError(f'unreadable ({e.strerror or e})') from e
+        raise image_files.BadImageError(f'broken symbolic link to {target}') from e
+    raise image_files.BadImageError(f'unreadable ({e.strerror or e})') from e
 
 
 def _class_counts(examples):

@@ -1,20 +1,21 @@
 """Face images as numpy batches: the study's protocol, decoded and resized once, augmented per epoch.
 
 `load_splits` builds (or reuses) the TFDS dataset of a face folder, draws the protocol (a seeded,
-stratified subsample per split), decodes and resizes the drawn images in threads and caches them
-as .npy beside the dataset. `train_batches` and `eval_batches` cut the arrays into global batches
-and hand each process its slice, so a batch's content never depends on the number of hosts.
+stratified subsample per split) and reads the drawn images as the model's inputs, made once and
+cached beside the dataset (gender_jax/decoded.py). `train_batches` and `eval_batches` cut the
+arrays into global batches and hand each process its slice, so a batch's content never depends on
+the number of hosts.
 
 Run as a script to build a folder's dataset and print what it holds and what the protocol draws:
   python -m gender_jax.input_pipeline --data_dir PATH [--tfds_dir D] [--workdir W]
 """
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
 from typing import NamedTuple
 
+from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -25,6 +26,7 @@ from gender_jax import LABELS
 from gender_jax import base_config
 from gender_jax import cli
 from gender_jax import config_check
+from gender_jax import decoded
 from gender_jax import face_dataset
 from gender_jax import faces
 from gender_jax import record_files
@@ -33,8 +35,6 @@ from gender_jax import run_dir
 SPLITS = face_dataset.SPLITS
 # A flat {male,female} folder is cut per class into these shares of train/valid/test pools.
 FLAT_FRACTIONS = {'train': 0.8, 'valid': 0.1, 'test': 0.1}
-_WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in memory at once.
-_DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
 
 
 @dataclasses.dataclass
@@ -47,7 +47,7 @@ class Split:
   source_dir: str
   bad_files: list = dataclasses.field(default_factory=list)  # (path, reason) left out.
   no_face: list = dataclasses.field(default_factory=list)  # Paths where no face was found.
-  records: 'Records | None' = None  # Where its images are cached, for caches derived from them.
+  records: 'decoded.Records | None' = None  # Where its images are cached, for derived caches.
 
   def __post_init__(self):
     if not isinstance(self.images, record_files.Rows):
@@ -61,168 +61,6 @@ class Split:
     return dataclasses.replace(self, images=self.images.subset(positions),
                                labels=self.labels[positions],
                                paths=[self.paths[i] for i in positions], records=None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding, finding faces, making the model's inputs.
-
-
-def _decode_convert(read, rows, convert, out, progress):
-  """Puts out[rows[k]] = convert(decode(read(k)), rows[k]) in threads; ticks a tqdm bar.
-
-  Pillow releases the GIL while resizing and warping, so threads scale without copying pixels
-  between processes. Returns [(k, reason)] of the files that could not be decoded.
-  """
-  def work(ks):
-    bad = []
-    for k in ks:
-      try:
-        out[rows[k]] = convert(face_dataset.decode_rgb(read(k)), rows[k])
-      except face_dataset.BadImageError as e:
-        bad.append((k, str(e)))
-    return bad, len(ks)
-
-  chunks = np.array_split(np.arange(len(rows)), max(1, len(rows) // 64))
-  bad = []
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-    for chunk_bad, n in pool.map(work, chunks):
-      bad += chunk_bad
-      progress.update(n)
-  return bad
-
-
-def _converter(config, landmarks=None, found=None):
-  """convert(image, row) -> the model's input; aligned where found[row], else resized."""
-  size, resize = config.image_size, config.resize
-  if config.face_align == 'none':
-    return lambda image, row: faces.resize_image(image, size, resize)
-  template = np.asarray(config.face_template, np.float32).reshape(faces.NUM_LANDMARKS, 2)
-
-  def convert(image, row):
-    if found[row]:
-      return faces.align_face(np.asarray(image), landmarks[row], template, size)
-    return faces.resize_image(image, size, resize)
-  return convert
-
-
-def _input_key(config, detector_id=None):
-  """Names what a cached image was made with: size, resize and, if aligned, detector + template."""
-  key = f'{config.image_size}px-{config.resize}'
-  if config.face_align != 'none':
-    template = np.asarray(config.face_template, np.float32).tobytes()
-    key += f'-{config.face_align}-{detector_id}-{hashlib.sha256(template).hexdigest()[:12]}'
-  return key
-
-
-class Records(NamedTuple):
-  """A split's examples as records of its dataset, and the cache of their model inputs."""
-  cache: str  # Path prefix of the decoded images' cache: one row per record of `count`.
-  count: int  # Records in the dataset split.
-  rows: np.ndarray  # The split's examples' records, in the split's order.
-
-
-def _cache_base(builder, split, key):
-  return os.path.join(os.fspath(builder.data_dir), f'decoded-{split}-{key}')
-
-
-def _cached_images(builder, split, rows, size, key, convert):
-  """The (size, size) images of records `rows` of a built split, made by `convert` once per key.
-
-  The cache lives in the dataset's folder (named by the folder's fingerprint) and holds every
-  record of the split, filled in as protocols ask for them, with a mask of the filled ones.
-  """
-  base = _cache_base(builder, split, key)
-  num_records = builder.info.splits[split].num_examples
-  with face_dataset.locked(base + '.lock'):
-    images = record_files.open_array(base, (num_records, size, size, 3), np.uint8)
-    done = record_files.read_done(base, num_records)
-    todo = rows[~done[rows]]
-    if len(todo):
-      source = builder.as_data_source(split)
-      with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} ({key})', unit=' img') as bar:
-        for start in range(0, len(todo), _WINDOW):
-          window = todo[start:start + _WINDOW]
-          blobs = [r['image'] for r in source.__getitems__(window.tolist())]
-          if _decode_convert(blobs.__getitem__, window, convert, images, bar):
-            _damaged(builder)
-      images.flush()
-      done[todo] = True
-      record_files.write_done(base, done)
-  return record_files.Rows(images, rows)
-
-
-def _damaged(builder):
-  # The build decoded every stored image, so the dataset itself is damaged.
-  raise RuntimeError(f'Records of {builder.data_dir} no longer decode; delete that folder to '
-                     f'rebuild it.')
-
-
-class Landmarks(NamedTuple):
-  """The chosen (largest) face of each image: where it was found and the image's size."""
-  points: np.ndarray  # float32 (N, 5, 2) pixel (x, y); zeros where no face was found.
-  found: np.ndarray  # bool (N,).
-  sizes: np.ndarray  # int32 (N, 2): width, height.
-
-  @classmethod
-  def empty(cls, n):
-    return cls(np.zeros((n, faces.NUM_LANDMARKS, 2), np.float32), np.zeros(n, bool),
-               np.zeros((n, 2), np.int32))
-
-
-def _detect(detector, images):
-  """Landmarks of the largest face in each decoded Pillow image."""
-  arrays = [np.asarray(image) for image in images]
-  marks = Landmarks.empty(len(arrays))
-  marks.sizes[:] = [(a.shape[1], a.shape[0]) for a in arrays]
-  for i, found in enumerate(detector.detect(arrays)):
-    face = faces.largest_face(found)
-    if face is not None:
-      marks.points[i], marks.found[i] = found.landmarks[face], True
-  return marks
-
-
-def _cached_landmarks(builder, split, rows, detector, detector_id):
-  """Landmarks of every record of a split (those of `rows` filled), found once per detector.
-
-  Kept in the dataset's folder beside the decoded images, filled in as protocols ask for rows.
-  Faces are found in fixed blocks of records, each always whole: batched detection rounds
-  differently with another batch (by ~1e-5 px), so a block's landmarks must not depend on which
-  protocol asked for it first.
-  """
-  path = os.path.join(os.fspath(builder.data_dir), f'landmarks-{split}-{detector_id}.npz')
-  num_records = builder.info.splits[split].num_examples
-  with face_dataset.locked(path + '.lock'):
-    if os.path.exists(path):
-      with np.load(path) as saved:
-        marks, done = Landmarks(*(saved[f] for f in Landmarks._fields)), saved['done']
-    else:
-      marks = Landmarks.empty(num_records)
-      done = np.zeros(num_records, bool)
-    blocks = np.unique(rows[~done[rows]] // _DETECT_WINDOW)
-    if len(blocks):
-      source = builder.as_data_source(split)
-      with tqdm.tqdm(total=len(blocks), desc=f'Finding faces in {split}', unit=' block') as bar:
-        for block in blocks:
-          window = np.arange(block * _DETECT_WINDOW,
-                             min(num_records, (block + 1) * _DETECT_WINDOW))
-          try:
-            images = [face_dataset.decode_rgb(r['image'])
-                      for r in source.__getitems__(window.tolist())]
-          except face_dataset.BadImageError:
-            _damaged(builder)
-          new = window[~done[window]]  # A cache from before blocks may hold some already.
-          for field, values in zip(marks, _detect(detector, images)):
-            field[new] = values[~done[window]]
-          done[new] = True
-          bar.update()
-      tmp = f'{path}.{os.getpid()}.tmp.npz'
-      np.savez(tmp, done=done, **marks._asdict())
-      os.replace(tmp, path)
-    return marks
-
-
-def _take(marks, rows):
-  return Landmarks(*(field[rows] for field in marks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,22 +208,17 @@ def _load(config, workdir, splits):
   detector, detector_id = load_detector(config)
   marks = {}
   if detector:
-    marks = {name: _cached_landmarks(builder, source, rows, detector, detector_id)
+    marks = {name: decoded.cached_landmarks(builder, source, rows, detector, detector_id)
              for name, (source, _, rows) in drawn.items()}
-    if 'train' in marks:
-      set_face_template(config, _take(marks['train'], drawn['train'].rows))
-    else:
-      set_face_template(config, None)
+    set_face_template(config, marks['train'].take(drawn['train'].rows)
+                      if 'train' in marks else None)
   loaded, face_lines = {}, []
   for name, (source, _, rows) in drawn.items():
     paths, labels = index[source]
-    key = _input_key(config, detector_id)
-    images = _cached_images(builder, source, rows, config.image_size, key,
-                            _converter(config, *(marks[name][:2] if marks else ())))
+    images, records = decoded.cached_images(builder, source, rows, config, detector_id,
+                                            marks.get(name))
     split = Split(name=name, images=images, labels=labels[rows], paths=[paths[r] for r in rows],
-                  source_dir=builder.info.metadata['source_dir'],
-                  records=Records(_cache_base(builder, source, key),
-                                  builder.info.splits[source].num_examples, rows))
+                  source_dir=builder.info.metadata['source_dir'], records=records)
     if marks:
       found = marks[name].found[rows]
       if workdir:
@@ -439,16 +272,8 @@ def load_folder(path, config, detector=None, max_bad_fraction=0.01):
   """
   scan = face_dataset.scan_folder(path)
   examples = sorted(e for v in scan.examples.values() for e in v)
-  read = lambda k: face_dataset.read_file(scan.root, examples[k][0])
-  images = np.zeros((len(examples), config.image_size, config.image_size, 3), np.uint8)
-  bad, found, marks = [], np.ones(len(examples), bool), None
-  if detector:
-    marks = _folder_landmarks(read, len(examples), detector, bad)
-    found = marks.found
-  with tqdm.tqdm(total=len(examples), desc=f'Decoding {scan.root}', unit=' img') as bar:
-    bad += _decode_convert(read, np.arange(len(examples)), _converter(config, *(marks or ())[:2]),
-                           images, bar)
-  bad = sorted(dict(bad).items())
+  images, found, bad = decoded.folder_images(scan.root, [rel for rel, _ in examples], config,
+                                             detector)
   bad_files = [(examples[k][0], reason) for k, reason in bad]
   for rel, reason in bad_files:
     logging.warning('Left out %s: %s', os.path.join(scan.root, rel), reason)
@@ -468,25 +293,6 @@ def load_folder(path, config, detector=None, max_bad_fraction=0.01):
     split = _missing_faces(split, found[keep], config.face_missing)
     logging.info('%s', _face_line(split, len(keep), config.face_missing))
   return split
-
-
-def _folder_landmarks(read, count, detector, bad):
-  """Landmarks of images 0..count-1 of a folder; appends (k, reason) of undecodable ones to bad."""
-  marks = Landmarks.empty(count)
-  with tqdm.tqdm(total=count, desc='Finding faces', unit=' img') as bar:
-    for start in range(0, count, _DETECT_WINDOW):
-      window, images = [], []
-      for k in range(start, min(count, start + _DETECT_WINDOW)):
-        try:
-          images.append(face_dataset.decode_rgb(read(k)))
-          window.append(k)
-        except face_dataset.BadImageError as e:
-          bad.append((k, str(e)))
-      if images:
-        for field, values in zip(marks, _detect(detector, images)):
-          field[window] = values
-      bar.update(min(count, start + _DETECT_WINDOW) - start)
-  return marks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,21 +473,13 @@ def eval_batches(split, batch_size, *, process_index=None, process_count=None):
 # Command line.
 
 FLAGS = flags.FLAGS
+# The config fields this command takes as flags of the same name.
+_CONFIG_FLAGS = ('data_dir', 'tfds_dir', 'num_train', 'num_valid', 'num_test', 'seed',
+                 'image_size', 'resize', 'max_bad_fraction')
 
 
-def main(argv):
-  del argv
-  config = base_config.get_config()
-  for name in ('data_dir', 'tfds_dir', 'num_train', 'num_valid', 'num_test', 'seed',
-               'image_size', 'resize', 'max_bad_fraction'):
-    if FLAGS[name].value is not None:
-      config[name] = FLAGS[name].value
-  config_check.check(config)
-  _, table = _load(config, FLAGS.workdir, SPLITS)
-  print('\n'.join(table))
-
-
-if __name__ == '__main__':
+def define_flags():
+  """Defines the command line flags; only when run as a script, so imports never clash."""
   flags.DEFINE_string('data_dir', None, 'Face folder (default: the config\'s, GENDER_JAX_DATA).')
   flags.DEFINE_string('tfds_dir', None, 'Where the dataset is built (default: the config\'s).')
   flags.DEFINE_integer('num_train', None, 'Train images drawn (-1: all).')
@@ -692,4 +490,20 @@ if __name__ == '__main__':
   flags.DEFINE_enum('resize', None, faces.RESIZES, 'How faces become squares.')
   flags.DEFINE_float('max_bad_fraction', None, 'Fail if more files than this are undecodable.')
   flags.DEFINE_string('workdir', None, 'Write the protocol file lists to WORKDIR/protocol/.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = base_config.get_config()
+  for name in _CONFIG_FLAGS:
+    if FLAGS[name].value is not None:
+      config[name] = FLAGS[name].value
+  config_check.check(config)
+  _, table = _load(config, FLAGS.workdir, SPLITS)
+  print('\n'.join(table))
+
+
+if __name__ == '__main__':
+  define_flags()
   cli.run(main)

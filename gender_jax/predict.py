@@ -21,8 +21,8 @@ from PIL import ImageDraw
 
 from gender_jax import LABELS
 from gender_jax import cli
-from gender_jax import face_dataset
 from gender_jax import faces
+from gender_jax import image_files
 from gender_jax import inference
 from gender_jax import input_pipeline
 
@@ -61,7 +61,7 @@ def find_images(paths):
 def load_image(path):
   """An image file as an upright RGB Pillow image, decoded as training decodes."""
   with open(path, 'rb') as f:
-    return face_dataset.decode_rgb(f.read())
+    return image_files.decode_rgb(f.read())
 
 
 def _face_inputs(config, detector, path, image):
@@ -84,7 +84,7 @@ def iter_predictions(trained, files, detector=None, batch_size=64):
     for path in files[start:start + batch_size]:
       try:
         image = load_image(path)
-      except face_dataset.BadImageError as e:
+      except image_files.BadImageError as e:
         errors.append((path, str(e)))
         continue
       except OSError as e:  # Unreadable: permissions, a vanished file, I/O errors.

@@ -10,8 +10,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from gender_jax import decoded
 from gender_jax import face_dataset
 from gender_jax import faces
+from gender_jax import image_files
 from gender_jax import input_pipeline
 from gender_jax import record_files
 
@@ -204,8 +206,8 @@ def _truncated(fmt):
     (_truncated('PNG')[:12], 'damaged PNG (starts like one, but Pillow cannot open it)'),
 ], ids=['text', 'truncated_jpeg', 'truncated_png', 'pdf', 'zip', 'unknown', 'damaged_header'])
 def test_bad_file_reasons_are_words(data, reason):
-  with pytest.raises(face_dataset.BadImageError) as e:
-    face_dataset.decode_rgb(data)
+  with pytest.raises(image_files.BadImageError) as e:
+    image_files.decode_rgb(data)
   assert str(e.value) == reason
 
 
@@ -357,7 +359,7 @@ def test_read_only_source_is_never_written(folder, tmp_path):
 def test_decoded_cache_is_reused(folder, tmp_path, monkeypatch):
   config = make_config(folder, tmp_path / 'tfds')
   first = input_pipeline.load_splits(config)
-  monkeypatch.setattr(input_pipeline, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
+  monkeypatch.setattr(decoded, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
   second = input_pipeline.load_splits(config)
   np.testing.assert_array_equal(first['train'].images, second['train'].images)
 

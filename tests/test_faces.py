@@ -3,6 +3,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from gender_jax import decoded
 from gender_jax import face_detect
 from gender_jax import faces
 from gender_jax import input_pipeline
@@ -219,7 +220,7 @@ def test_landmarks_and_aligned_images_are_cached(synthetic_faces, tmp_path, dot_
   first = input_pipeline.load_splits(config)
   calls = dot_detector.calls
   assert calls == sum(len(s) for s in first.values())
-  monkeypatch.setattr(input_pipeline, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
+  monkeypatch.setattr(decoded, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
   second = input_pipeline.load_splits(config)
   assert dot_detector.calls == calls
   np.testing.assert_array_equal(first['test'].images, second['test'].images)
@@ -240,7 +241,7 @@ class BatchRecordingDetector(DotDetector):
 def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_faces, tmp_path,
                                                                  monkeypatch):
   # Batched detection rounds differently with another batch: a block must always be the same.
-  monkeypatch.setattr(input_pipeline, '_DETECT_WINDOW', 8)
+  monkeypatch.setattr(decoded, '_DETECT_WINDOW', 8)
   detectors = []
   for order, tfds in (([4, 20], 'a'), ([20, 4], 'b')):  # Two protocols, asked in either order.
     detector = BatchRecordingDetector()

@@ -1,0 +1,220 @@
+"""The drawn records decoded, their faces found and made into the model's inputs once, on disk.
+
+For a built dataset (gender_jax/face_dataset.py), `cached_landmarks` finds the faces of a split's
+records and `cached_images` makes their model inputs: resized, or aligned onto the run's template
+with those landmarks (gender_jax/faces.py). Both are kept in the dataset's folder with a row per
+record of the split (gender_jax/record_files.py), filled in as protocols ask for rows, and named
+after what made them, so another size, resize, detector or template gets a cache of its own.
+`folder_images` makes the same inputs in memory for a folder loaded without a dataset. Every file
+is decoded by gender_jax/image_files.py.
+"""
+import concurrent.futures
+import hashlib
+import os
+from typing import NamedTuple
+
+import numpy as np
+import tqdm
+
+from gender_jax import face_dataset
+from gender_jax import faces
+from gender_jax import image_files
+from gender_jax import record_files
+
+_WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in memory at once.
+_DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
+
+
+class Records(NamedTuple):
+  """A split's examples as records of its dataset, and the cache of their model inputs."""
+  cache: str  # Path prefix of the decoded images' cache: one row per record of `count`.
+  count: int  # Records in the dataset split.
+  rows: np.ndarray  # The split's examples' records, in the split's order.
+
+
+class Landmarks(NamedTuple):
+  """The chosen (largest) face of each image: where it was found and the image's size."""
+  points: np.ndarray  # float32 (N, 5, 2) pixel (x, y); zeros where no face was found.
+  found: np.ndarray  # bool (N,).
+  sizes: np.ndarray  # int32 (N, 2): width, height.
+
+  @classmethod
+  def empty(cls, n):
+    return cls(np.zeros((n, faces.NUM_LANDMARKS, 2), np.float32), np.zeros(n, bool),
+               np.zeros((n, 2), np.int32))
+
+  def take(self, rows):
+    """The landmarks of the images at `rows`."""
+    return Landmarks(*(field[rows] for field in self))
+
+
+def _decode_convert(read, rows, convert, out, progress):
+  """Puts out[rows[k]] = convert(decode(read(k)), rows[k]) in threads; ticks a tqdm bar.
+
+  Pillow releases the GIL while resizing and warping, so threads scale without copying pixels
+  between processes. Returns [(k, reason)] of the files that could not be decoded.
+  """
+  def work(ks):
+    bad = []
+    for k in ks:
+      try:
+        out[rows[k]] = convert(image_files.decode_rgb(read(k)), rows[k])
+      except image_files.BadImageError as e:
+        bad.append((k, str(e)))
+    return bad, len(ks)
+
+  chunks = np.array_split(np.arange(len(rows)), max(1, len(rows) // 64))
+  bad = []
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    for chunk_bad, n in pool.map(work, chunks):
+      bad += chunk_bad
+      progress.update(n)
+  return bad
+
+
+def _converter(config, marks=None):
+  """convert(image, row) -> the model's input; aligned where marks.found[row], else resized."""
+  size, resize = config.image_size, config.resize
+  if config.face_align == 'none':
+    return lambda image, row: faces.resize_image(image, size, resize)
+  template = np.asarray(config.face_template, np.float32).reshape(faces.NUM_LANDMARKS, 2)
+
+  def convert(image, row):
+    if marks.found[row]:
+      return faces.align_face(np.asarray(image), marks.points[row], template, size)
+    return faces.resize_image(image, size, resize)
+  return convert
+
+
+def _input_key(config, detector_id=None):
+  """Names what a cached image was made with: size, resize and, if aligned, detector + template."""
+  key = f'{config.image_size}px-{config.resize}'
+  if config.face_align != 'none':
+    template = np.asarray(config.face_template, np.float32).tobytes()
+    key += f'-{config.face_align}-{detector_id}-{hashlib.sha256(template).hexdigest()[:12]}'
+  return key
+
+
+def cached_images(builder, split, rows, config, detector_id=None, marks=None):
+  """The model's inputs of records `rows` of a built split, made once per what makes them.
+
+  marks: the split's Landmarks (cached_landmarks) when config aligns faces. The cache lives in the
+  dataset's folder (named by the folder's fingerprint) and holds every record of the split,
+  filled in as protocols ask for them, with a mask of the filled ones. Returns (the images, uint8
+  (len(rows), S, S, 3) read from disk when indexed; their Records).
+  """
+  key, convert = _input_key(config, detector_id), _converter(config, marks)
+  base = os.path.join(os.fspath(builder.data_dir), f'decoded-{split}-{key}')
+  num_records = builder.info.splits[split].num_examples
+  size = config.image_size
+  with face_dataset.locked(base + '.lock'):
+    images = record_files.open_array(base, (num_records, size, size, 3), np.uint8)
+    done = record_files.read_done(base, num_records)
+    todo = rows[~done[rows]]
+    if len(todo):
+      source = builder.as_data_source(split)
+      with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} ({key})', unit=' img') as bar:
+        for start in range(0, len(todo), _WINDOW):
+          window = todo[start:start + _WINDOW]
+          blobs = [r['image'] for r in source.__getitems__(window.tolist())]
+          if _decode_convert(blobs.__getitem__, window, convert, images, bar):
+            _damaged(builder)
+      images.flush()
+      done[todo] = True
+      record_files.write_done(base, done)
+  return record_files.Rows(images, rows), Records(base, num_records, rows)
+
+
+def _damaged(builder):
+  # The build decoded every stored image, so the dataset itself is damaged.
+  raise RuntimeError(f'Records of {builder.data_dir} no longer decode; delete that folder to '
+                     f'rebuild it.')
+
+
+def _detect(detector, images):
+  """Landmarks of the largest face in each decoded Pillow image."""
+  arrays = [np.asarray(image) for image in images]
+  marks = Landmarks.empty(len(arrays))
+  marks.sizes[:] = [(a.shape[1], a.shape[0]) for a in arrays]
+  for i, found in enumerate(detector.detect(arrays)):
+    face = faces.largest_face(found)
+    if face is not None:
+      marks.points[i], marks.found[i] = found.landmarks[face], True
+  return marks
+
+
+def cached_landmarks(builder, split, rows, detector, detector_id):
+  """Landmarks of every record of a split (those of `rows` filled), found once per detector.
+
+  Kept in the dataset's folder beside the decoded images, filled in as protocols ask for rows.
+  Faces are found in fixed blocks of records, each always whole: batched detection rounds
+  differently with another batch (by ~1e-5 px), so a block's landmarks must not depend on which
+  protocol asked for it first.
+  """
+  path = os.path.join(os.fspath(builder.data_dir), f'landmarks-{split}-{detector_id}.npz')
+  num_records = builder.info.splits[split].num_examples
+  with face_dataset.locked(path + '.lock'):
+    if os.path.exists(path):
+      with np.load(path) as saved:
+        marks, done = Landmarks(*(saved[f] for f in Landmarks._fields)), saved['done']
+    else:
+      marks = Landmarks.empty(num_records)
+      done = np.zeros(num_records, bool)
+    blocks = np.unique(rows[~done[rows]] // _DETECT_WINDOW)
+    if len(blocks):
+      source = builder.as_data_source(split)
+      with tqdm.tqdm(total=len(blocks), desc=f'Finding faces in {split}', unit=' block') as bar:
+        for block in blocks:
+          window = np.arange(block * _DETECT_WINDOW,
+                             min(num_records, (block + 1) * _DETECT_WINDOW))
+          try:
+            images = [image_files.decode_rgb(r['image'])
+                      for r in source.__getitems__(window.tolist())]
+          except image_files.BadImageError:
+            _damaged(builder)
+          new = window[~done[window]]  # A cache from before blocks may hold some already.
+          for field, values in zip(marks, _detect(detector, images)):
+            field[new] = values[~done[window]]
+          done[new] = True
+          bar.update()
+      tmp = f'{path}.{os.getpid()}.tmp.npz'
+      np.savez(tmp, done=done, **marks._asdict())
+      os.replace(tmp, path)
+    return marks
+
+
+def folder_images(root, rels, config, detector=None):
+  """The model's inputs of the files root/rels, made in memory: no dataset, no cache.
+
+  Faces are found by `detector` when config aligns them. Returns (uint8 (N, S, S, 3) images,
+  zeros where undecodable; bool (N,) where a face was found, all True without a detector;
+  [(k, reason)] of the files that could not be read or decoded, by k).
+  """
+  read = lambda k: face_dataset.read_file(root, rels[k])
+  images = np.zeros((len(rels), config.image_size, config.image_size, 3), np.uint8)
+  bad, marks = [], None
+  if detector:
+    marks = _folder_landmarks(read, len(rels), detector, bad)
+  with tqdm.tqdm(total=len(rels), desc=f'Decoding {root}', unit=' img') as bar:
+    bad += _decode_convert(read, np.arange(len(rels)), _converter(config, marks), images, bar)
+  found = np.ones(len(rels), bool) if marks is None else marks.found
+  return images, found, sorted(dict(bad).items())
+
+
+def _folder_landmarks(read, count, detector, bad):
+  """Landmarks of images 0..count-1 of a folder; appends (k, reason) of undecodable ones to bad."""
+  marks = Landmarks.empty(count)
+  with tqdm.tqdm(total=count, desc='Finding faces', unit=' img') as bar:
+    for start in range(0, count, _DETECT_WINDOW):
+      window, images = [], []
+      for k in range(start, min(count, start + _DETECT_WINDOW)):
+        try:
+          images.append(image_files.decode_rgb(read(k)))
+          window.append(k)
+        except image_files.BadImageError as e:
+          bad.append((k, str(e)))
+      if images:
+        for field, values in zip(marks, _detect(detector, images)):
+          field[window] = values
+      bar.update(min(count, start + _DETECT_WINDOW) - start)
+  return marks
