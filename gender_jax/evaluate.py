@@ -37,7 +37,8 @@ def define_flags():
   flags.DEFINE_string('folder', None, 'Evaluate on this labelled folder (male/female '
                       'subfolders) instead of a split.')
   flags.DEFINE_string('data_dir', None, 'Override the run\'s face folder (if it moved).')
-  flags.DEFINE_integer('batch_size', 256, 'Images per forward pass.')
+  flags.DEFINE_integer('batch_size', None, "Images per forward pass (default: the run's "
+                       'eval_batch_size).')
   flags.DEFINE_string('labels_csv', None, 'With --folder: a CSV with a relpath column (image '
                       'paths relative to the folder) and columns to group the metrics by (e.g. '
                       'age, race).')
@@ -171,7 +172,7 @@ def plot_groups(groups, overall_accuracy, path):
 # --- Evaluation ------------------------------------------------------------------------------
 
 
-def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=256,
+def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=None,
              labels_csv=None):
   """Metrics of the run's best checkpoint on a split of its protocol, or on a folder of faces.
 
@@ -191,7 +192,9 @@ def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=256,
   else:
     config.data_dir = data_dir or config.data_dir
     data = input_pipeline.load_splits(config, splits=(split,))[split]
-  logits = inference.predict_logits(trained, data.images, batch_size)
+  # The run's own batch size by default: the same compiled step, so a split's logits are the
+  # very ones its training run evaluated.
+  logits = inference.predict_logits(trained, data.images, batch_size or config.eval_batch_size)
   evaluated = folder or (split if name == split else f'{split} split of {data_dir}')
   result = {'workdir': os.path.abspath(workdir), 'evaluated': evaluated,
             'checkpoint_epoch': trained.epoch,

@@ -1,7 +1,9 @@
 """Flax models: a convolutional base under a dense head, params {'base': ..., 'head': ...}."""
 from typing import Any, Callable, NamedTuple, Sequence
 
+import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from gender_jax import preprocessing
@@ -174,3 +176,24 @@ def create_model(config, preprocessing_name=None):
                    input_dropout_rate=config.head_input_dropout,
                    pooling=config.head_pooling)
   return Classifier(base=base, head=head, preprocessing=preprocessing_name)
+
+
+def initial_variables(model, config, rng, base_params=None):
+  """Initialises the model's variables: {'params': {'base', 'head'}} (plus 'batch_stats' for
+  a BatchNorm base), with the converted base params where given.
+
+  With a converted base only the head is initialised (the same values a full init gives, since
+  flax derives each module's rng from its path): compiling VGG16's init would be wasted.
+  """
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
+  if base_params is None:
+    return flax.core.unfreeze(jax.jit(model.init)(rng, dummy))
+  expected = jax.eval_shape(model.init, rng, dummy)['params']
+  got = jax.tree.map(jnp.shape, base_params)
+  if jax.tree.map(jnp.shape, expected['base']) != got:
+    raise ValueError(f'Converted base weights do not fit the model: {got}.')
+  features = jax.eval_shape(lambda p: model.apply({'params': p}, dummy, method='encode'),
+                            expected)
+  head = model.init(rng, jnp.zeros(features.shape, features.dtype), method='classify')
+  return {'params': {'base': jax.tree.map(jnp.asarray, base_params),
+                     'head': flax.core.unfreeze(head['params']['head'])}}

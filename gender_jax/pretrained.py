@@ -8,6 +8,7 @@ import itertools
 import json
 import pathlib
 
+from absl import logging
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -172,3 +173,23 @@ def load(weights_dir, expected_source=None):
   if wrong := shape_mismatches(params, base_param_shapes()):
     raise WeightsMismatchError(f'{weights_dir}/params is not a VGG16Base params tree: {wrong}.')
   return params, metadata
+
+
+def load_base(config):
+  """Returns (base_params or None, weights metadata or None) for the config's model.
+
+  A pretrained model without converted weights fails with the commands that make them, unless
+  `allow_random_base` is set: then the base stays random and the metadata says so loudly.
+  """
+  source = models.REGISTRY[config.model].weights_source
+  if source is None:
+    return None, None
+  try:
+    return load(config.weights, expected_source=source)
+  except MissingWeightsError:
+    if not config.allow_random_base:
+      raise
+  logging.warning('RANDOM %s BASE: no converted weights at %r; results are NOT pretrained.',
+                  config.model, config.weights)
+  return None, {'source': source, 'preprocessing': PREPROCESSING_OF_SOURCE[source],
+                'random_base': True}

@@ -18,8 +18,10 @@ import contextlib
 import csv
 import errno
 import fcntl
+import functools
 import json
 import os
+import subprocess
 import time
 
 import jax
@@ -292,3 +294,16 @@ def status(workdir):
     return 'finished'
   num_epochs = read_json(path(workdir, CONFIG)).get('num_epochs')
   return f'epoch {len(read_metrics(workdir))} of {num_epochs}'
+
+
+@functools.cache  # The first run's: a study's later runs run the code it loaded, not today's.
+def git_commit():
+  """The code's commit, '-dirty' if tracked files differ from it; None outside a checkout."""
+  def git(*args, check=True):
+    return subprocess.run(['git', *args], capture_output=True, text=True, check=check,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = git('rev-parse', 'HEAD').stdout.strip()
+    return head + ('-dirty' if git('diff', '--quiet', 'HEAD', check=False).returncode else '')
+  except (OSError, subprocess.CalledProcessError):
+    return None

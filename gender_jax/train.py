@@ -1,20 +1,18 @@
 """Training and evaluation: a dense head on a frozen (or from-scratch) base, data parallel.
 
-Read top to bottom: model and weights, optimizer with frozen parts, the jitted training step over
-a device mesh (gender_jax/evaluation.py evaluates), frozen-base features, then the run: its
-checks, the epoch loop and the final test evaluation.
+Read top to bottom: the optimizer with frozen parts and the train state, the jitted training step
+over a device mesh (gender_jax/evaluation.py evaluates), frozen-base features, then the run: its
+checks, the epoch loop and the final test evaluation. The model, its initial variables and the
+pretrained weights come from models.py and pretrained.py.
 """
 import functools
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from typing import Any
 
-from absl import logging
-import flax
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -40,51 +38,7 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Model and pretrained weights.
-# ---------------------------------------------------------------------------------------------
-def load_base_weights(config):
-  """Returns (base_params or None, weights metadata or None) for the config's model.
-
-  A pretrained model without converted weights fails with the commands that make them, unless
-  `allow_random_base` is set: then the base stays random and the metadata says so loudly.
-  """
-  source = models.REGISTRY[config.model].weights_source
-  if source is None:
-    return None, None
-  try:
-    return pretrained.load(config.weights, expected_source=source)
-  except pretrained.MissingWeightsError:
-    if not config.allow_random_base:
-      raise
-  logging.warning('RANDOM %s BASE: no converted weights at %r; results are NOT pretrained.',
-                  config.model, config.weights)
-  return None, {'source': source, 'preprocessing': pretrained.PREPROCESSING_OF_SOURCE[source],
-                'random_base': True}
-
-
-def initial_variables(model, config, rng, base_params=None):
-  """Initialises the model's variables: {'params': {'base', 'head'}} (plus 'batch_stats' for
-  a BatchNorm base), with the converted base params where given.
-
-  With a converted base only the head is initialised (the same values a full init gives, since
-  flax derives each module's rng from its path): compiling VGG16's init would be wasted.
-  """
-  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
-  if base_params is None:
-    return flax.core.unfreeze(jax.jit(model.init)(rng, dummy))
-  expected = jax.eval_shape(model.init, rng, dummy)['params']
-  got = jax.tree.map(jnp.shape, base_params)
-  if jax.tree.map(jnp.shape, expected['base']) != got:
-    raise ValueError(f'Converted base weights do not fit the model: {got}.')
-  features = jax.eval_shape(lambda p: model.apply({'params': p}, dummy, method='encode'),
-                            expected)
-  head = model.init(rng, jnp.zeros(features.shape, features.dtype), method='classify')
-  return {'params': {'base': jax.tree.map(jnp.asarray, base_params),
-                     'head': flax.core.unfreeze(head['params']['head'])}}
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer: frozen parts get zero updates through an optax mask.
+# Optimizer (frozen parts get zero updates through an optax mask) and train state.
 # ---------------------------------------------------------------------------------------------
 def trainable_labels(params, config):
   """Labels each param leaf 'train', 'finetune' or 'frozen' (a pytree like params)."""
@@ -143,7 +97,7 @@ class TrainState(train_state.TrainState):
 def create_train_state(config, model, rng, steps_per_epoch, base_params=None):
   """A TrainState with initial (or converted) params and the masked optimizer."""
   init_rng, dropout_rng = jax.random.split(rng)
-  variables = initial_variables(model, config, init_rng, base_params)
+  variables = models.initial_variables(model, config, init_rng, base_params)
   params = variables['params']
   return TrainState.create(apply_fn=model.apply, params=params,
                            batch_stats=variables.get('batch_stats', {}), dropout_rng=dropout_rng,
@@ -210,19 +164,6 @@ def frozen_base_features(mesh, model, variables, splits, config, weights_meta):
 # ---------------------------------------------------------------------------------------------
 # The whole run.
 # ---------------------------------------------------------------------------------------------
-@functools.cache  # The first run's: a study's later runs run the code it loaded, not today's.
-def git_commit():
-  """The code's commit, '-dirty' if tracked files differ from it; None outside a checkout."""
-  def git(*args, check=True):
-    return subprocess.run(['git', *args], capture_output=True, text=True, check=check,
-                          cwd=os.path.dirname(os.path.abspath(__file__)))
-  try:
-    head = git('rev-parse', 'HEAD').stdout.strip()
-    return head + ('-dirty' if git('diff', '--quiet', 'HEAD', check=False).returncode else '')
-  except (OSError, subprocess.CalledProcessError):
-    return None
-
-
 def say(line):
   """A line of the run's output (process 0), above any progress bar rather than through it."""
   if jax.process_index() == 0:
@@ -242,13 +183,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is refused, a finished run is left as it is, and one process trains there at a time.
   """
   session_start = time.time()
-  commit = git_commit()  # Now: the code may change while a long run trains.
+  commit = run_dir.git_commit()  # Now: the code may change while a long run trains.
   command = command or shlex.join([os.path.basename(sys.executable), *sys.argv])
   mesh = evaluation.Mesh.create()
   config_check.check(config, mesh.size)
   with run_dir.lock(workdir, command):
     # Weights first: a missing folder fails before any data is read.
-    base_params, weights_meta = load_base_weights(config)
+    base_params, weights_meta = pretrained.load_base(config)
     run_dir.check_experiment(workdir, config, weights_meta)
     finished = run_dir.finished_results(workdir, config)
     if finished:
@@ -281,8 +222,8 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
   say(f"Parameters: {param_counts['trainable']:,} trained of {param_counts['total']:,}")
 
   # Resume, before writing anything: a refused resume leaves the run's config.json as it was.
-  managers = checkpoints.managers(workdir)
-  state, progress = checkpoints.restore_latest(managers['latest'], state, mesh.replicated)
+  run_checkpoints = checkpoints.Checkpoints(workdir)
+  state, progress = run_checkpoints.restore_latest(state, mesh.replicated)
   run_dir.write_json(run_dir.path(workdir, run_dir.CONFIG), config.to_dict())
   run_dir.write_json(run_dir.path(workdir, run_dir.WEIGHTS_METADATA), weights_meta)
   progress = progress or {'epoch': 0, 'best_valid_accuracy': -1.0, 'best_epoch': 0,
@@ -348,12 +289,12 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
                 'total_seconds': earlier_seconds + time.time() - session_start}
     if valid['accuracy'] > progress['best_valid_accuracy']:
       progress.update(best_valid_accuracy=valid['accuracy'], best_epoch=epoch)
-      checkpoints.save(managers['best'], epoch, state.variables, progress)
-    checkpoints.save(managers['latest'], epoch, state, progress)
+      run_checkpoints.save_best(epoch, state.variables, progress)
+    run_checkpoints.save_latest(epoch, state, progress)
   writer.close()
 
   # The best checkpoint on the test split.
-  best = checkpoints.restore_best(managers['best'], state.variables, mesh.replicated)
+  best = run_checkpoints.restore_best(state.variables, mesh.replicated)
   logits = {split: evaluation.predict_logits(mesh, model.apply, best, splits[split],
                                   config.eval_batch_size,
                                   features=features[split] if use_cache else None, desc=split)

@@ -11,12 +11,15 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
 from gender_jax import checkpoints
 from gender_jax import evaluate
+from gender_jax import evaluation
 from gender_jax import inference
+from gender_jax import models
 from gender_jax import pretrained
 from gender_jax import run_dir
 from gender_jax import train
@@ -39,9 +42,8 @@ def restore_latest(workdir):
   trained = inference.load_trained(workdir)  # For the run's model and config.
   abstract = jax.eval_shape(lambda: train.create_train_state(
       trained.config, trained.model, jax.random.PRNGKey(0), steps_per_epoch=1))
-  state, _ = checkpoints.restore_latest(
-      checkpoints.managers(workdir)[checkpoints.LATEST], abstract,
-      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  state, _ = checkpoints.Checkpoints(workdir).restore_latest(
+      abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   return jax.device_get(state.params)
 
 
@@ -106,6 +108,24 @@ def test_evaluate_reproduces_test_metrics_from_the_checkpoint(custom_run, synthe
   assert 'accuracy' in table and 'roc_auc' in table
 
 
+def test_evaluate_gives_the_very_logits_of_the_runs_own_test_evaluation(
+    synthetic_faces, tmp_path, monkeypatch):
+  calls = []  # (desc, logits) of every evaluation.predict_logits call.
+  predict_logits = evaluation.predict_logits
+
+  def recording(*args, desc=None, **kwargs):
+    calls.append((desc, predict_logits(*args, desc=desc, **kwargs)))
+    return calls[-1][1]
+  monkeypatch.setattr(evaluation, 'predict_logits', recording)
+  train.train_and_evaluate(tiny_config('custom', synthetic_faces, tmp_path), str(tmp_path / 'r'))
+  (runs_own,) = [logits for desc, logits in calls if desc == 'test']
+  del calls[:]
+  evaluate.evaluate(str(tmp_path / 'r'), split='test')
+  (evaluated,) = [logits for _, logits in calls]
+  assert evaluated.shape == runs_own.shape
+  np.testing.assert_array_equal(evaluated, runs_own)
+
+
 def test_evaluate_on_any_labelled_folder(custom_run, synthetic_faces):
   workdir, _, _ = custom_run
   result = evaluate.evaluate(str(workdir), folder=str(synthetic_faces / 'valid'))
@@ -120,6 +140,43 @@ def test_a_run_saved_before_a_config_field_existed_still_loads(custom_run, tmp_p
   del config['head_input_dropout']  # Added after the first runs were saved.
   (old / 'config.json').write_text(json.dumps(config))
   assert inference.load_trained(str(old)).config.head_input_dropout == 0.0
+
+
+def save_as_before_the_items_had_names(workdir):
+  """Rewrites a run's checkpoints as gender_jax saved them before their state items were named
+  'train_state' and 'variables': both named 'state'."""
+  trained = inference.load_trained(workdir)
+  abstract = jax.eval_shape(lambda: train.create_train_state(
+      trained.config, trained.model, jax.random.PRNGKey(0), steps_per_epoch=1))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  run_checkpoints = checkpoints.Checkpoints(workdir)
+  train_state, progress = run_checkpoints.restore_latest(abstract, device)
+  variables = run_checkpoints.restore_best(abstract.variables, device)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+  for name, state, epoch in (('latest', train_state, progress['epoch']),
+                             ('best', variables, progress['best_epoch'])):
+    with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints', name),
+                               item_names=('state', 'progress')) as manager:
+      manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                  progress=ocp.args.JsonSave(progress)))
+  return train_state, variables
+
+
+def test_a_run_saved_before_the_checkpoint_items_had_names_loads_and_resumes(
+    custom_run, tmp_path):
+  workdir, config, results = custom_run
+  old = tmp_path / 'old_run'
+  shutil.copytree(workdir, old)
+  train_state, variables = save_as_before_the_items_had_names(str(old))
+  assert (old / 'checkpoints' / 'best' / str(results['best_epoch']) / 'state').is_dir()
+  loaded = inference.load_trained(str(old)).variables
+  jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(variables))
+  resumed = config.copy_and_resolve_references()
+  resumed.num_epochs = config.num_epochs + 1
+  train.train_and_evaluate(resumed, str(old))
+  assert checkpoints.Checkpoints(str(old)).latest_epoch() == resumed.num_epochs
+  assert [m['epoch'] for m in run_dir.read_metrics(str(old))] == list(
+      range(1, resumed.num_epochs + 1))
 
 
 def test_rerun_of_a_finished_run_resumes_without_training_again(custom_run):
@@ -151,7 +208,7 @@ def test_resuming_with_another_model_fails_clearly_and_keeps_the_runs_config(cus
 def test_results_name_the_commit_the_run_started_from(synthetic_faces, tmp_path, monkeypatch):
   # A long run outlives commits made while it trains; the code it ran is the code at its start.
   commits = iter(['at-start', 'later'])
-  monkeypatch.setattr(train, 'git_commit', lambda: next(commits))
+  monkeypatch.setattr(run_dir, 'git_commit', lambda: next(commits))
   config = tiny_config('custom', synthetic_faces, tmp_path, num_epochs=1)
   assert train.train_and_evaluate(config, str(tmp_path / 'run'))['git_commit'] == 'at-start'
 
@@ -161,7 +218,7 @@ def test_git_commit_is_this_checkouts_head():
   if head.returncode:
     pytest.skip('the code is not in a git checkout')
   dirty = subprocess.run(['git', 'diff', '--quiet', 'HEAD'], cwd=REPO).returncode != 0
-  assert train.git_commit() == head.stdout.strip() + ('-dirty' if dirty else '')
+  assert run_dir.git_commit() == head.stdout.strip() + ('-dirty' if dirty else '')
 
 
 def test_same_config_and_seed_give_the_same_results(custom_run, synthetic_faces, tmp_path):
@@ -199,7 +256,7 @@ def test_frozen_base_stays_bit_identical_and_head_trains(vggface_runs, converted
   for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(final['base'])):
     assert np.array_equal(np.asarray(a), np.asarray(b))
   config = tiny.get_config('vggface')
-  initial = train.initial_variables(train.models.create_model(config, 'vggface_v1'), config,
+  initial = models.initial_variables(models.create_model(config, 'vggface_v1'), config,
                                     jax.random.split(jax.random.PRNGKey(config.seed))[0],
                                     base_params=converted)['params']
   assert not np.array_equal(np.asarray(initial['head']['logit']['kernel']),
@@ -223,7 +280,7 @@ def test_finetuned_blocks_train_and_the_rest_stays_frozen(synthetic_faces, tmp_p
   workdir = tmp_path / 'run'
   results = train.train_and_evaluate(config, str(workdir))
   assert results['weights'] == {'source': 'imagenet', 'h5_sha256': None, 'random_base': True}
-  initial = train.initial_variables(
+  initial = models.initial_variables(
       train.models.create_model(config, 'caffe_imagenet'), config,
       jax.random.split(jax.random.PRNGKey(config.seed))[0])['params']['base']
   final = restore_latest(workdir)['base']
@@ -247,7 +304,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   monkeypatch.setattr(train, 'binary_cross_entropy', lambda logits, labels: logits * np.nan)
   with pytest.raises(train.NonFiniteLossError, match='epoch 2'):
     train.train_and_evaluate(config, workdir)
-  assert checkpoints.managers(workdir)[checkpoints.LATEST].latest_step() == 1
+  assert checkpoints.Checkpoints(workdir).latest_epoch() == 1
 
 
 @pytest.mark.skipif(jax.device_count() != 4, reason='needs the 4 fake CPU devices of conftest')
