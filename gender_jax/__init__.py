@@ -41,7 +41,7 @@ def _keep_freed_memory():
   if (os.environ.get('GENDER_JAX_CPU_DEFAULTS', '1') == '0' or sys.platform != 'linux' or
       platform.libc_ver()[0] != 'glibc'):
     return
-  libc = ctypes.CDLL(None)  # The process's malloc: glibc's, or a preloaded one's (which ignores this).
+  libc = ctypes.CDLL(None)  # The process's malloc: glibc's, or a preloaded one (ignores this).
   for parameter, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
     libc.mallopt(parameter, value)
 
