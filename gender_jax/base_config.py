@@ -37,7 +37,7 @@ def get_config():
   config.augment_frame = (0.0, 0.0, 0.0, 0.0)
   config.max_bad_fraction = 0.01  # Fail the dataset build if more images than this are bad.
   # Faces: 'none' resizes whole images; 'mtcnn' finds each face's 5 landmarks and aligns them
-  # onto face_template (derived from the training faces when empty, then kept in config.json).
+  # onto face_template (derived from the training faces when empty, then kept in the run's config).
   config.face_align = 'none'
   config.face_detector_weights = 'weights/mtcnn'  # `python -m weights_convert --source mtcnn`.
   config.face_template = ()  # 10 floats: (x, y) of 5 landmarks as fractions of the square.

@@ -85,7 +85,7 @@ class Checkpoints:
     except ValueError as e:  # Orbax's word for another tree structure or array shape.
       raise CheckpointMismatchError(
           f'The checkpoint {manager.directory}/{step} does not fit this run: its config differs '
-          'from the one the run was started with (config.json beside checkpoints/), or an older '
+          f'from the one the run was started with ({run_dir.CONFIG} beside checkpoints/), or an older '
           'gender_jax saved it. Rerun with that config, or train into a new --workdir. '
           f'Orbax said: {e}') from e
     return restored[item], restored[_PROGRESS_ITEM]

@@ -190,7 +190,7 @@ def set_face_template(config, train_marks):
     return
   if train_marks is None:
     raise ValueError('config.face_template is empty and no train split is loaded to derive it '
-                     'from; give the run\'s template (its config.json has it).')
+                     f'from; give the run\'s template (its {run_dir.CONFIG} has it).')
   found = train_marks.found
   template = faces.derive_template(train_marks.points[found], train_marks.sizes[found],
                                    config.resize, config.face_zoom)

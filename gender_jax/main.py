@@ -19,7 +19,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Defines the command line flags; only when run as a script, so imports never clash."""
-  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results.json go.')
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
   config_flags.DEFINE_config_file('config', None, 'An experiment config file (configs/*.py).',
                                   lock_config=True)
   flags.DEFINE_string('coordinator_address', None,

@@ -2,7 +2,7 @@
 
 Usage: python -m gender_jax.report RUN_DIR... [--out DIR] [--data_dir DIR]
 
-A RUN_DIR is a run directory (it holds results.json) or a study directory whose subfolders are
+A RUN_DIR is a run directory (it holds a run's results) or a study directory whose subfolders are
 run directories; a study's study.json adds its skipped experiments, command and machine.
 """
 import dataclasses
@@ -40,7 +40,7 @@ class Run:
   name: str
   workdir: pathlib.Path
   results: dict
-  history: list  # One dict per epoch, from metrics.jsonl.
+  history: list  # One dict per epoch, from the run's metrics (run_dir.read_metrics).
   paths: list  # Test images, relative to data_dir.
   labels: np.ndarray  # 0/1 per test image.
   p_male: np.ndarray

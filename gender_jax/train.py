@@ -221,7 +221,7 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
                   'total': count_params(state.params)}
   say(f"Parameters: {param_counts['trainable']:,} trained of {param_counts['total']:,}")
 
-  # Resume, before writing anything: a refused resume leaves the run's config.json as it was.
+  # Resume, before writing anything: a refused resume leaves the run's saved config as it was.
   run_checkpoints = checkpoints.Checkpoints(workdir)
   state, progress = run_checkpoints.restore_latest(state, mesh.replicated)
   run_dir.write_json(run_dir.path(workdir, run_dir.CONFIG), config.to_dict())
