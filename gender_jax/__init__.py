@@ -18,8 +18,7 @@ _JAXLIB_WITH_THE_FLAG = ('0.10.',)
 
 def _set_cpu_defaults():
   flags = os.environ.get('XLA_FLAGS', '')
-  if (os.environ.get('GENDER_JAX_CPU_DEFAULTS', '1') == '0' or
-      'xla_cpu_experimental_ynn_fusion_type' in flags):
+  if 'xla_cpu_experimental_ynn_fusion_type' in flags:
     return
   try:
     jaxlib = importlib.metadata.version('jaxlib')
@@ -33,21 +32,21 @@ def _set_cpu_defaults():
 # custom CNN's training step: ~250 MiB) come back as fresh pages, zeroed and faulted in one by one:
 # 65,000 page faults a step, a fifth of its time (benchmarks/RESULTS.md, "Freed memory kept").
 # Kept instead: no mmap'd blocks, no trimming, one arena (threads' own arenas would mmap again).
-# The process's resident memory stays at its high-water mark. Same switch as the flags above.
+# The process's resident memory stays at its high-water mark.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # mallopt's parameters (malloc.h).
 
 
 def _keep_freed_memory():
-  if (os.environ.get('GENDER_JAX_CPU_DEFAULTS', '1') == '0' or sys.platform != 'linux' or
-      platform.libc_ver()[0] != 'glibc'):
+  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
     return
   libc = ctypes.CDLL(None)  # The process's malloc: glibc's, or a preloaded one (ignores this).
   for parameter, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)):
     libc.mallopt(parameter, value)
 
 
-_set_cpu_defaults()
-_keep_freed_memory()
+if os.environ.get('GENDER_JAX_CPU_DEFAULTS', '1') != '0':
+  _set_cpu_defaults()
+  _keep_freed_memory()
 
 
 class UserError(Exception):

@@ -2,9 +2,9 @@
 
 A run on a frozen pretrained base trains only its head, on the base's features of each image
 (and of its mirror image, so flip augmentation stays exact). The features are kept beside the
-dataset's decoded images, one row per dataset record (gender_jax/record_files.py), filled in as runs ask for them: every size
-and seed of a study, and any later run of the same base on the same inputs, reads them instead of
-running the base again.
+dataset's decoded images, one row per dataset record (gender_jax/record_files.py), filled in as
+runs ask for them: every size and seed of a study, and any later run of the same base on the same
+inputs, reads them instead of running the base again.
 """
 import contextlib
 import hashlib

@@ -473,13 +473,11 @@ def eval_batches(split, batch_size, *, process_index=None, process_count=None):
 # Command line.
 
 FLAGS = flags.FLAGS
-# The config fields this command takes as flags of the same name.
-_CONFIG_FLAGS = ('data_dir', 'tfds_dir', 'num_train', 'num_valid', 'num_test', 'seed',
-                 'image_size', 'resize', 'max_bad_fraction')
 
 
 def define_flags():
-  """Defines the command line flags; only when run as a script, so imports never clash."""
+  """Defines the command line flags; only when run as a script, so imports never clash. Each
+  flag but --workdir sets the config field of its name."""
   flags.DEFINE_string('data_dir', None, 'Face folder (default: the config\'s, GENDER_JAX_DATA).')
   flags.DEFINE_string('tfds_dir', None, 'Where the dataset is built (default: the config\'s).')
   flags.DEFINE_integer('num_train', None, 'Train images drawn (-1: all).')
@@ -496,8 +494,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = base_config.get_config()
-  for name in _CONFIG_FLAGS:
-    if FLAGS[name].value is not None:
+  for name in config:
+    if name in FLAGS and FLAGS[name].value is not None:
       config[name] = FLAGS[name].value
   config_check.check(config)
   _, table = _load(config, FLAGS.workdir, SPLITS)

@@ -266,9 +266,9 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
           f'(epoch {progress["epoch"]}) is kept in {workdir}. Lower learning_rate?')
     epoch_seconds = time.time() - epoch_start
 
-    valid_logits = evaluation.predict_logits(mesh, model.apply, state.variables, splits['valid'],
-                                  config.eval_batch_size,
-                                  features=features['valid'] if use_cache else None)
+    valid_logits = evaluation.predict_logits(
+        mesh, model.apply, state.variables, splits['valid'], config.eval_batch_size,
+        features=features['valid'] if use_cache else None)
     valid = metrics_lib.classification_metrics(splits['valid'].labels, valid_logits)
     values = {
         'train_loss': train_loss, 'train_accuracy': totals['correct'] / totals['count'],
@@ -295,9 +295,9 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
 
   # The best checkpoint on the test split.
   best = run_checkpoints.restore_best(state.variables, mesh.replicated)
-  logits = {split: evaluation.predict_logits(mesh, model.apply, best, splits[split],
-                                  config.eval_batch_size,
-                                  features=features[split] if use_cache else None, desc=split)
+  logits = {split: evaluation.predict_logits(
+      mesh, model.apply, best, splits[split], config.eval_batch_size,
+      features=features[split] if use_cache else None, desc=split)
             for split in ('valid', 'test')}  # Valid: what calibration is fitted on.
   results = {
       'model': config.model, 'split': 'test',
