@@ -10,6 +10,7 @@ is decoded by gender_jax/image_files.py.
 """
 import concurrent.futures
 import hashlib
+import json
 import os
 from typing import NamedTuple
 
@@ -23,6 +24,19 @@ from gender_jax import record_files
 
 _WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in memory at once.
 _DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
+# The face finding that cached landmarks come from: bump it with any change to face_detect.py or
+# to the blocks of cached_landmarks that moves a landmark, so caches made before are not reused.
+# Version 2: fixed blocks of _DETECT_WINDOW records.
+FACE_FINDING_VERSION = 2
+
+
+def detector_id(weights_metadata):
+  """An id of the MTCNN weights (their metadata) and of FACE_FINDING_VERSION, for cache names.
+
+  Cached landmarks and the faces aligned with them are named by it.
+  """
+  key = {'weights': weights_metadata.get('pt_sha256'), 'version': FACE_FINDING_VERSION}
+  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class Records(NamedTuple):

@@ -10,8 +10,6 @@ Run as a script to build a folder's dataset and print what it holds and what the
   python -m gender_jax.input_pipeline --data_dir PATH [--tfds_dir D] [--workdir W]
 """
 import dataclasses
-import hashlib
-import json
 import os
 from typing import NamedTuple
 
@@ -171,7 +169,7 @@ def _summary(builder, index, drawn):
 
 
 def load_detector(config):
-  """(detector, an id of its weights for cache names) when config.face_align finds faces.
+  """(detector, its decoded.detector_id for cache names) when config.face_align finds faces.
 
   (None, None) for 'none'. Raises pretrained.MissingWeightsError, with the command that makes
   them, when config.face_detector_weights holds no converted MTCNN.
@@ -180,8 +178,7 @@ def load_detector(config):
     return None, None
   from gender_jax import face_detect  # pylint: disable=g-import-not-at-top
   params, metadata = face_detect.load_params(config.face_detector_weights)
-  weights_id = json.dumps(metadata.get('pt_sha256'), sort_keys=True).encode()
-  return face_detect.Detector(params), hashlib.sha256(weights_id).hexdigest()[:12]
+  return face_detect.Detector(params), decoded.detector_id(metadata)
 
 
 def set_face_template(config, train_marks):

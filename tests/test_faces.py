@@ -255,6 +255,16 @@ def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_fac
   assert all(len(batch) == 8 for batch in a)  # Blocks of 8 of the 48 records, each whole.
 
 
+def test_caches_of_other_weights_or_an_older_face_finding_are_not_reused(monkeypatch):
+  # A change that moves landmarks bumps FACE_FINDING_VERSION: faces found before are found again.
+  weights = {'pt_sha256': {'pnet.pt': 'a', 'rnet.pt': 'b', 'onet.pt': 'c'}}
+  current = decoded.detector_id(weights)
+  assert decoded.detector_id(dict(weights)) == current
+  assert decoded.detector_id({'pt_sha256': {**weights['pt_sha256'], 'onet.pt': 'd'}}) != current
+  monkeypatch.setattr(decoded, 'FACE_FINDING_VERSION', decoded.FACE_FINDING_VERSION + 1)
+  assert decoded.detector_id(weights) != current
+
+
 def test_another_template_makes_other_images(synthetic_faces, tmp_path, dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
   plain = input_pipeline.load_splits(config)['train'].images[:]
