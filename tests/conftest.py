@@ -3,6 +3,7 @@ import importlib.util
 import os
 import pathlib
 import sys
+import tempfile
 from unittest import mock
 
 # Before jax is imported anywhere: fake devices, CPU only, Keras (test-only) on the JAX backend.
@@ -16,6 +17,16 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CELEBA_GENDER = REPO.parent / 'shared' / 'data' / 'celeba_gender'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _tempfile_inside_pytests_folder(tmp_path_factory):
+  """tempfile's folder (and TMPDIR, for subprocesses) inside pytest's own, which pytest prunes:
+  TFDS leaves an empty temporary folder behind for every dataset it builds."""
+  scratch = str(tmp_path_factory.mktemp('tempfile'))
+  with mock.patch.object(tempfile, 'tempdir', scratch), \
+       mock.patch.dict(os.environ, {'TMPDIR': scratch}):
+    yield
 
 
 @pytest.fixture(scope='session')
