@@ -4,7 +4,8 @@ For a built dataset (gender_jax/face_dataset.py), `cached_landmarks` finds the f
 records and `cached_images` makes their model inputs: resized, or aligned onto the run's template
 with those landmarks (gender_jax/faces.py). Both are kept in the dataset's folder with a row per
 record of the split (gender_jax/record_files.py), filled in as protocols ask for rows, and named
-after what made them, so another size, resize, detector or template gets a cache of its own.
+after what made them, so another size, resize, detector (weights or FACE_FINDING_VERSION) or
+template gets a cache of its own.
 `folder_images` makes the same inputs in memory for a folder loaded without a dataset. Every file
 is decoded by gender_jax/image_files.py.
 """
