@@ -5,7 +5,8 @@ seed and data overridden alike), then benchmarks/keras_study.py in its TensorFlo
 (--keras_python, default $KERAS_PYTHON) on the very files our run drew (its protocol lists).
 Both run as fresh subprocesses, one after the other, so each wall time covers interpreter start,
 imports, data loading, compilation, training and the test evaluation. Prints wall times, test
-accuracies and the ratios Keras / gender_jax.
+accuracies and the ratios Keras / gender_jax, and each side's CPU seconds (user + system, all
+threads) beside its wall time: a side that idles (tf.data between epochs) spends fewer.
 
 Pretrained weights may be missing: both sides then use random VGG16 bases of the same
 architecture (the same cost, so the speed comparison stands; accuracies of those two models mean
@@ -20,6 +21,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -69,13 +71,21 @@ def parse_args(argv=None):
   return args
 
 
+def children_cpu_seconds():
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
 def timed(command, log_path, env=None):
-  """Runs a command with its output in a log file; (wall seconds, return code)."""
-  start = time.perf_counter()
-  with open(log_path, 'w') as log:
-    code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                          env=env).returncode
-  return time.perf_counter() - start, code
+  """Runs a command, each line of its output stamped with the time it came into the log file;
+  (wall seconds, CPU seconds, return code)."""
+  start, cpu = time.perf_counter(), children_cpu_seconds()
+  with open(log_path, 'w') as log, subprocess.Popen(
+      command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+      text=True) as child:
+    for line in child.stdout:  # Text mode: a progress bar's carriage returns end lines too.
+      log.write(f'{datetime.datetime.now():%H:%M:%S.%f} {line}')
+  return time.perf_counter() - start, children_cpu_seconds() - cpu, child.returncode
 
 
 def run_ours(args):
@@ -91,8 +101,8 @@ def run_ours(args):
       '--config.allow_random_base=True']
   command += [f'--config.num_{split}={n}'
               for split, n in zip(('train', 'valid', 'test'), args.num_images.split(','))]
-  env = {**os.environ, 'TQDM_DISABLE': '1'}
-  seconds, code = timed(command, os.path.join(args.workdir, 'ours.log'), env)
+  env = {**os.environ, 'TQDM_DISABLE': '1', 'PYTHONUNBUFFERED': '1'}  # Lines stamped as made.
+  seconds, cpu_seconds, code = timed(command, os.path.join(args.workdir, 'ours.log'), env)
   if code:
     raise SystemExit(f"gender_jax.study failed ({code}); see {args.workdir}/ours.log")
   results = {}
@@ -101,22 +111,22 @@ def run_ours(args):
       results[model] = json.load(f)
   with open(os.path.join(args.workdir, 'ours.log')) as f:
     epoch_seconds = logged_epoch_seconds(f)
-  return {'seconds': seconds, 'command': command, 'results': results,
-          'epoch_seconds': epoch_seconds}
+  return {'seconds': seconds, 'cpu_seconds': cpu_seconds, 'command': command,
+          'results': results, 'epoch_seconds': epoch_seconds}
 
 
 def logged_epoch_seconds(log_lines):
-  """{model: [wall seconds between consecutive epochs' log lines]} from a study's absl log.
+  """{model: [wall seconds between consecutive epochs' lines]} from the study's stamped log.
 
   Unlike metrics.jsonl's epoch_seconds (the training pass), this is an epoch's whole cost:
   training, validation and checkpoints, as Keras's epoch times include validation.
   """
   stamps, model = {}, None
   for line in log_lines:
-    study = re.search(r'Study: (\w+) into', line)
-    epoch = re.match(r'I\d{4} (\d\d:\d\d:\d\d\.\d+) .*\] epoch \d+: ', line)
-    if study:
-      model = study.group(1)
+    point = re.search(r' Point \d+/\d+: (\w+) in ', line)
+    epoch = re.match(r'(\d\d:\d\d:\d\d\.\d+) epoch \d+/\d+: train loss', line)
+    if point:
+      model = point.group(1)
     elif epoch and model:
       stamps.setdefault(model, []).append(
           datetime.datetime.strptime(epoch.group(1), '%H:%M:%S.%f'))
@@ -139,12 +149,13 @@ def run_keras(args, ours):
       f"--learning_rate={rates.get('vgg16', rates.get('vggface', 1e-4))}",
       f"--custom_learning_rate={rates.get('custom', 1e-3)}"]
   env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'JAX_PLATFORMS')}
-  seconds, code = timed(command, os.path.join(args.workdir, 'keras.log'), env)
+  seconds, cpu_seconds, code = timed(command, os.path.join(args.workdir, 'keras.log'), env)
   if code:
     raise SystemExit(f"keras_study.py failed ({code}); see {args.workdir}/keras.log")
   with open(out) as f:
     keras = json.load(f)
-  return {'seconds': seconds, 'command': command, 'info': keras['info'],
+  return {'seconds': seconds, 'cpu_seconds': cpu_seconds, 'command': command,
+          'info': keras['info'],
           'results': {r['model']: r for r in keras['results']},
           'epoch_seconds': {r['model']: r['epoch_seconds'][1:] for r in keras['results']}}
 
@@ -152,7 +163,7 @@ def run_keras(args, ours):
 def extrapolate(rows, ours, keras, epochs, target_epochs):
   """An estimate at target_epochs: each time plus the extra epochs at its later-epoch cost."""
   estimate = []
-  for r in rows:
+  for r in (r for r in rows if not r.get('cpu')):  # Epoch costs are wall seconds.
     models = [r['model']] if r['model'] in ours['results'] else list(ours['results'])
     extra = {side: sum((target_epochs - epochs) * sum(s['epoch_seconds'][m]) /
                        len(s['epoch_seconds'][m]) for m in models)
@@ -178,6 +189,10 @@ def compare(ours, keras):
         'random_base': bool(ours_result['weights'] and ours_result['weights']['random_base'])})
   rows.append({'model': 'whole study (wall, subprocess)', 'ours_seconds': ours['seconds'],
                'keras_seconds': keras['seconds'], 'speedup': keras['seconds'] / ours['seconds']})
+  if ours.get('cpu_seconds') and keras.get('cpu_seconds'):  # Sides saved before lack them.
+    rows.append({'model': 'whole study (CPU, subprocess)', 'cpu': True,
+                 'ours_seconds': ours['cpu_seconds'], 'keras_seconds': keras['cpu_seconds'],
+                 'speedup': keras['cpu_seconds'] / ours['cpu_seconds']})
   return rows
 
 
