@@ -1,4 +1,5 @@
-"""What every command line shares: one line for a user's mistake, quiet library logging.
+"""What every command line shares: one line for a user's mistake, quiet library logging, and
+compiled programs kept for the next run.
 
 A mistake in what the user asked for (a gender_jax.UserError) or a fault of the environment (a
 missing or read-only path, a full disk) ends the command with `error: ...` and exit status 1;
@@ -61,11 +62,30 @@ def _parse_flags(argv):
     raise SystemExit(f'error: {given}: the config has no field {field!r}{hint}.') from None
 
 
+def compilation_cache_settings(environ):
+  """{jax option: value} that turn on JAX's persistent compilation cache, for each option the
+  environment does not set itself (JAX reads JAX_COMPILATION_CACHE_DIR and the like).
+
+  A command run again loads what it compiled before instead of compiling it (predict on one
+  photo: 3.9 s, then 2.4 s). Every program is kept, however quick its compilation (MTCNN's are
+  many and small), in $XDG_CACHE_HOME/gender_jax/jax (default ~/.cache), at most 1 GiB (least
+  recently used go first). JAX_ENABLE_COMPILATION_CACHE=false turns it off.
+  """
+  cache_home = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  settings = {'jax_compilation_cache_dir': os.path.join(cache_home, 'gender_jax', 'jax'),
+              'jax_persistent_cache_min_compile_time_secs': 0.0,
+              'jax_compilation_cache_max_size': 1 << 30}
+  return {name: value for name, value in settings.items() if name.upper() not in environ}
+
+
 def run(main):
-  """app.run(main) with one-line errors and quiet logging."""
+  """app.run(main) with one-line errors, quiet logging and the persistent compilation cache."""
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)
+    import jax  # pylint: disable=g-import-not-at-top
+    for name, value in compilation_cache_settings(os.environ).items():
+      jax.config.update(name, value)
     try:
       return main(argv)
     except (UserError, app.UsageError) as e:

@@ -20,12 +20,14 @@ CELEBA_GENDER = REPO.parent / 'shared' / 'data' / 'celeba_gender'
 
 
 @pytest.fixture(scope='session', autouse=True)
-def _tempfile_inside_pytests_folder(tmp_path_factory):
-  """tempfile's folder (and TMPDIR, for subprocesses) inside pytest's own, which pytest prunes:
-  TFDS leaves an empty temporary folder behind for every dataset it builds."""
+def _scratch_inside_pytests_folder(tmp_path_factory):
+  """tempfile's folder (and TMPDIR, for subprocesses) and the commands' compilation cache inside
+  pytest's own folder, which pytest prunes: TFDS leaves an empty temporary folder behind for
+  every dataset it builds, and the user's own cache stays untouched."""
   scratch = str(tmp_path_factory.mktemp('tempfile'))
-  with mock.patch.object(tempfile, 'tempdir', scratch), \
-       mock.patch.dict(os.environ, {'TMPDIR': scratch}):
+  compiled = str(tmp_path_factory.mktemp('compilation_cache'))
+  with mock.patch.object(tempfile, 'tempdir', scratch), mock.patch.dict(
+      os.environ, {'TMPDIR': scratch, 'JAX_COMPILATION_CACHE_DIR': compiled}):
     yield
 
 

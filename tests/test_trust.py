@@ -281,6 +281,21 @@ def test_environment_faults_are_named_in_words():
   assert cli.environment_fault(ValueError('bug')) is None
 
 
+def test_commands_keep_compiled_programs_in_the_users_cache_unless_told_otherwise(tmp_path):
+  assert cli.compilation_cache_settings({'XDG_CACHE_HOME': '/c'}) == {
+      'jax_compilation_cache_dir': '/c/gender_jax/jax',
+      'jax_persistent_cache_min_compile_time_secs': 0.0,
+      'jax_compilation_cache_max_size': 1 << 30}
+  assert 'jax_compilation_cache_dir' not in cli.compilation_cache_settings(
+      {'JAX_COMPILATION_CACHE_DIR': '/mine'})  # JAX reads the user's own setting itself.
+  jit_once = ('from gender_jax import cli\nimport jax, jax.numpy as jnp\ndef main(argv):\n'
+              '  jax.jit(lambda x: x * 3 + 1)(jnp.ones(2)).block_until_ready()\ncli.run(main)')
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
+  subprocess.run([sys.executable, '-c', jit_once], cwd=REPO, check=True, timeout=120,
+                 env={**env, 'XDG_CACHE_HOME': str(tmp_path), 'JAX_PLATFORMS': 'cpu'})
+  assert list((tmp_path / 'gender_jax' / 'jax').iterdir())
+
+
 # --- 8. Quiet by default. --------------------------------------------------------------------
 
 def test_a_run_prints_its_summary_epochs_and_test_line_only(synthetic_faces, tmp_path):
