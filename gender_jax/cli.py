@@ -69,13 +69,22 @@ def compilation_cache_settings(environ):
   A command run again loads what it compiled before instead of compiling it (predict on one
   photo: 3.9 s, then 2.4 s). Every program is kept, however quick its compilation (MTCNN's are
   many and small), in $XDG_CACHE_HOME/gender_jax/jax (default ~/.cache), at most 1 GiB (least
-  recently used go first). JAX_ENABLE_COMPILATION_CACHE=false turns it off.
+  recently used go first). JAX_ENABLE_COMPILATION_CACHE=false turns it off. Makes that folder;
+  where it cannot, says so in one line and returns {}.
   """
   cache_home = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
   settings = {'jax_compilation_cache_dir': os.path.join(cache_home, 'gender_jax', 'jax'),
               'jax_persistent_cache_min_compile_time_secs': 0.0,
               'jax_compilation_cache_max_size': 1 << 30}
-  return {name: value for name, value in settings.items() if name.upper() not in environ}
+  settings = {name: value for name, value in settings.items() if name.upper() not in environ}
+  folder = settings.get('jax_compilation_cache_dir')
+  try:
+    if folder:
+      os.makedirs(folder, exist_ok=True)
+  except OSError as e:  # A read-only home: the command runs, compiling as without the cache.
+    logging.warning('Compiled programs are not kept: %s', environment_fault(e) or e)
+    return {}
+  return settings
 
 
 def run(main):

@@ -282,12 +282,14 @@ def test_environment_faults_are_named_in_words():
 
 
 def test_commands_keep_compiled_programs_in_the_users_cache_unless_told_otherwise(tmp_path):
-  assert cli.compilation_cache_settings({'XDG_CACHE_HOME': '/c'}) == {
-      'jax_compilation_cache_dir': '/c/gender_jax/jax',
+  assert cli.compilation_cache_settings({'XDG_CACHE_HOME': str(tmp_path / 'c')}) == {
+      'jax_compilation_cache_dir': str(tmp_path / 'c' / 'gender_jax' / 'jax'),
       'jax_persistent_cache_min_compile_time_secs': 0.0,
       'jax_compilation_cache_max_size': 1 << 30}
   assert 'jax_compilation_cache_dir' not in cli.compilation_cache_settings(
       {'JAX_COMPILATION_CACHE_DIR': '/mine'})  # JAX reads the user's own setting itself.
+  (tmp_path / 'a_file').write_text('')  # A cache folder that cannot be made: no cache.
+  assert cli.compilation_cache_settings({'XDG_CACHE_HOME': str(tmp_path / 'a_file')}) == {}
   jit_once = ('from gender_jax import cli\nimport jax, jax.numpy as jnp\ndef main(argv):\n'
               '  jax.jit(lambda x: x * 3 + 1)(jnp.ones(2)).block_until_ready()\ncli.run(main)')
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
