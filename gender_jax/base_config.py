@@ -50,7 +50,7 @@ def get_config():
   config.compute_dtype = 'float32'  # 'bfloat16' on GPU/TPU: the base's convolutions.
   config.custom_channels = (32, 64, 128, 256)
   config.custom_convs_per_block = 1
-  config.custom_norm = 'none'  # 'none' or 'group' (GroupNorm after each convolution).
+  config.custom_norm = 'none'  # 'none', 'batch' or 'group': a norm after each convolution.
   config.head_hidden = (256,)
   config.head_pooling = 'flatten'  # 'flatten' as in the study, or 'gap'.
   config.dropout_rate = 0.5
