@@ -63,6 +63,14 @@ class Mesh:
   def size(self):
     return self.mesh.devices.size
 
+  @property
+  def local_size(self):
+    return len(self.mesh.local_devices)
+
+  @property
+  def platform(self):
+    return self.mesh.devices.flat[0].platform
+
   def shard_batch(self, batch):
     """Process-local numpy arrays -> global arrays sharded over the 'batch' axis."""
     return {k: jax.make_array_from_process_local_data(self.data, np.asarray(v))
@@ -90,19 +98,49 @@ def check_batch_size(batch_size, mesh):
     raise ValueError(f'batch_size {batch_size} must be a multiple of the {mesh.size} devices.')
 
 
+# XLA:CPU's Eigen convolutions (gender_jax's CPU default) ask for the packed patches of a whole
+# dispatch in one allocation: VGG16 at 224 px asks 116 MB an image, so a batch of 256 asks 30 GB
+# and aborts the process (std::bad_alloc) on a 24 GB machine. On CPU each device therefore gets
+# at most this many pixels a dispatch: 32 VGG16 images at 224 px (3.7 GB asked, 1.3 GB touched),
+# as fast per image as 64 and 16 (benchmarks/RESULTS.md, "Bounded inference memory on CPU").
+CPU_PIXELS_PER_DISPATCH = 32 * 224 * 224
+
+
+def dispatch_rows(mesh, arrays):
+  """How many rows of a process-local batch to dispatch at once: all of them, except on CPU,
+  where each device's share is cut to a divisor (one shape, one compilation) that keeps its
+  images within CPU_PIXELS_PER_DISPATCH."""
+  rows = len(next(iter(arrays.values())))
+  if mesh.platform != 'cpu':
+    return rows
+  pixels = max((a.shape[1] * a.shape[2] for a in arrays.values() if a.ndim == 4), default=1)
+  per_device = rows // mesh.local_size
+  most = max(1, CPU_PIXELS_PER_DISPATCH // pixels)
+  piece = max(d for d in range(1, min(most, per_device) + 1) if per_device % d == 0)
+  return piece * mesh.local_size
+
+
 def map_split(mesh, fn, split, batch_size, inputs, desc=None):
   """fn(sharded inputs(batch)) over every example of a split in order, as numpy.
 
-  Every batch is dispatched before any result is fetched, so the host prepares the next batch
-  while the devices compute; the padding of the last batch is dropped by its mask.
+  Every batch is dispatched (in pieces of `dispatch_rows`) before any result is fetched, so the
+  host prepares the next batch while the devices compute; the padding of the last batch is
+  dropped by its mask, and pieces of padding alone are not computed.
   """
   check_batch_size(batch_size, mesh)
   outputs, masks = [], []
+  single_process = jax.process_count() == 1  # Else every process must run the same pieces.
   total = -(-len(split.labels) // batch_size)
   for batch in tqdm.tqdm(input_pipeline.eval_batches(split, batch_size), total=total, desc=desc,
                          leave=False, disable=desc is None):
-    outputs.append(fn(mesh.shard_batch(inputs(batch))))
-    masks.append(jax.make_array_from_process_local_data(mesh.data, batch['mask']))
+    arrays = {**inputs(batch), 'mask': batch['mask']}
+    rows = dispatch_rows(mesh, arrays)
+    for start in range(0, len(batch['mask']), rows):
+      if single_process and not batch['mask'][start:start + rows].any():
+        continue  # Only padding (a short last batch, one photo): nothing to compute.
+      piece = mesh.shard_batch({k: v[start:start + rows] for k, v in arrays.items()})
+      masks.append(piece.pop('mask'))
+      outputs.append(fn(piece))
   kept = [mesh.gather(out)[mesh.gather(mask) > 0] for out, mask in zip(outputs, masks)]
   return np.concatenate(kept)[:len(split.labels)]
 

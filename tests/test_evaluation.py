@@ -1,0 +1,38 @@
+"""The evaluation path's dispatch: bounded pieces on CPU, nothing computed for padding alone."""
+from unittest import mock
+
+import jax
+import numpy as np
+
+from gender_jax import evaluation, input_pipeline
+
+
+def test_dispatch_rows_keeps_each_cpu_devices_images_within_the_pixel_bound():
+  four = evaluation.Mesh.create()  # conftest: 4 fake CPU devices.
+  one = evaluation.Mesh.create(jax.devices()[:1])
+  vgg_224 = {'image': np.zeros((256, 224, 224, 3), np.uint8)}
+  assert evaluation.CPU_PIXELS_PER_DISPATCH // (224 * 224) == 32
+  assert evaluation.dispatch_rows(one, vgg_224) == 32
+  assert evaluation.dispatch_rows(four, vgg_224) == 4 * 32
+  # A divisor of each device's share, so every piece has one shape: 50 a device -> 25.
+  assert evaluation.dispatch_rows(four, {'image': np.zeros((200, 224, 224, 3), np.uint8)}) == 100
+  # Cached base features and small images are dispatched whole.
+  assert evaluation.dispatch_rows(four, {'features': np.zeros((256, 7, 7, 512))}) == 256
+  assert evaluation.dispatch_rows(four, {'image': np.zeros((256, 48, 48, 3), np.uint8)}) == 256
+
+
+def test_map_split_computes_pieces_in_order_and_skips_padding_alone():
+  images = np.arange(10 * 8 * 8 * 3).reshape(10, 8, 8, 3).astype(np.uint8)
+  split = input_pipeline.Split('valid', images, np.zeros(10, np.int32), paths=[], source_dir='')
+  mesh = evaluation.Mesh.create()
+  shapes = []
+
+  def fn(batch):
+    shapes.append(batch['image'].shape)
+    return jax.numpy.sum(batch['image'].astype(np.int32), axis=(1, 2, 3))
+
+  with mock.patch.object(evaluation, 'CPU_PIXELS_PER_DISPATCH', 8 * 8):  # 1 image a device.
+    out = evaluation.map_split(mesh, fn, split, 8, lambda batch: {'image': batch['image']})
+  np.testing.assert_array_equal(out, images.astype(np.int32).sum(axis=(1, 2, 3)))
+  # Batches of 8 in pieces of 4 (one per device); rows 12-15 of the second batch are padding.
+  assert shapes == [(4, 8, 8, 3)] * 3
