@@ -171,6 +171,7 @@ def predict_images(model, variables, images, batch_size=256, mesh=None):
   """Male logits of uint8 images already at the model's size, (N, S, S, 3) -> (N,), over every
   device (batch_size rounded up to a multiple of them)."""
   mesh = mesh or Mesh.create()
+  batch_size = min(batch_size, len(images))  # A few photos: no batch of padding around them.
   batch_size = -(-batch_size // mesh.size) * mesh.size
   split = input_pipeline.Split('images', images, np.zeros(len(images), np.int32), paths=[],
                                source_dir='')

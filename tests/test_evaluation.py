@@ -36,3 +36,12 @@ def test_map_split_computes_pieces_in_order_and_skips_padding_alone():
   np.testing.assert_array_equal(out, images.astype(np.int32).sum(axis=(1, 2, 3)))
   # Batches of 8 in pieces of 4 (one per device); rows 12-15 of the second batch are padding.
   assert shapes == [(4, 8, 8, 3)] * 3
+
+
+def test_predict_images_batches_a_few_photos_without_a_batch_of_padding():
+  seen = []
+  with mock.patch.object(evaluation, 'predict_logits',
+                         lambda *args: seen.append(args[-1]) or np.zeros(3)):
+    evaluation.predict_images(mock.Mock(), None, np.zeros((3, 8, 8, 3), np.uint8), batch_size=256)
+    evaluation.predict_images(mock.Mock(), None, np.zeros((300, 8, 8, 3), np.uint8), batch_size=256)
+  assert seen == [4, 256]  # 3 photos on 4 devices: one row each; many: the batch asked for.
