@@ -69,5 +69,5 @@ def get_config():
   config.cache_features = True  # Run a frozen base once per split and train the head on features.
   config.seed = 0  # Draws the protocol: which images are in each split.
   config.train_seed = -1  # Initialises and orders training (and its jitter); -1: the seed above.
-  config.eval_batch_size = 256
+  config.eval_batch_size = 256  # Global; on CPU run in pieces that bound memory (evaluation.py).
   return config
