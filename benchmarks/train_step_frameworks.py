@@ -1,7 +1,8 @@
 """The custom CNN's training step in gender_jax (JAX), PyTorch and Keras/TensorFlow, side by side.
 
   python benchmarks/train_step_frameworks.py [--rounds=3] [--steps=20] [--image_size=80] \
-      [--batch=64] [--frameworks=jax,torch,keras] [--keras_python=VENV/bin/python]
+      [--batch=64] [--frameworks=jax,torch,keras] [--keras_python=VENV/bin/python] \
+      [--epoch_images=5000]
 
 The model is configs/custom.py's: uint8 RGB images scaled to 0..1, four blocks of one 3x3
 'same' convolution (no bias) + BatchNorm (momentum 0.9, epsilon 1e-5) + ReLU + 2x2 max-pool with
@@ -26,6 +27,12 @@ so a busy machine slows them alike. A process builds the model, makes one fixed 
 process CPU seconds (`time.process_time`, all threads) over the timed steps, and the trainable
 parameter count (BatchNorm's running statistics are not parameters). The counts must agree.
 
+With --epoch_images=N a process instead trains whole epochs over N random images held in memory
+(rounded down to whole batches), each through its framework's own loop, shuffled, without
+augmentation: gender_jax's `input_pipeline.train_batches` into the jitted step, a PyTorch
+`DataLoader` (shuffle, in-process), Keras' `model.fit` on numpy arrays. One epoch warms up, the
+next is timed.
+
 Prints one line per round and framework, then the medians over rounds and each framework's
 img/s as a multiple of gender_jax's (measured in this run), with machine and versions.
 """
@@ -41,15 +48,16 @@ import sys
 WARMUP = 2  # Untimed steps: compilation (XLA), tracing (tf.function), oneDNN primitive caches.
 PARAM_TOLERANCE = 4  # Parameter counts of the frameworks may differ by at most this much.
 
-# Each worker is run as `python -c WORKER steps image_size batch warmup` and prints JSON last.
+# Each worker is run as `python -c WORKER steps image_size batch warmup epoch_images` and prints
+# JSON last; epoch_images 0 times --steps steps of one batch, else a whole epoch.
 JAX_WORKER = r'''
 import importlib.metadata, json, os, sys, time
 import numpy as np
 import jax
 from configs import custom
-from gender_jax import evaluation, models, train
+from gender_jax import evaluation, input_pipeline, models, train
 
-steps, size, batch_size, warmup = map(int, sys.argv[1:5])
+steps, size, batch_size, warmup, epoch_images = map(int, sys.argv[1:6])
 config = custom.get_config()
 config.image_size, config.batch_size = size, batch_size
 model = models.create_model(config)
@@ -58,20 +66,33 @@ evaluation.check_batch_size(batch_size, mesh)
 state = train.create_train_state(config, model, jax.random.PRNGKey(0), steps_per_epoch=100)
 step = train.jit_train_step(mesh, stop_base_gradient=False)
 rng = np.random.default_rng(0)
-batch = mesh.shard_batch({
-    'image': rng.integers(0, 256, (batch_size, size, size, 3), np.uint8),
-    'label': rng.integers(0, 2, batch_size).astype(np.int32)})
-for _ in range(warmup):
+if epoch_images:
+  split = input_pipeline.Split(
+      'train', rng.integers(0, 256, (epoch_images, size, size, 3), np.uint8),
+      rng.integers(0, 2, epoch_images).astype(np.int32), paths=[], source_dir='')
+
+  def batches(epoch):  # As train.py feeds its step, without augmentation.
+    for b in input_pipeline.train_batches(split, batch_size, seed=0, epoch=epoch, flip=False):
+      yield mesh.shard_batch({'image': b['image'], 'label': b['label']})
+
+  warmup_batches, timed_batches = batches(0), batches(1)
+else:
+  batch = mesh.shard_batch({
+      'image': rng.integers(0, 256, (batch_size, size, size, 3), np.uint8),
+      'label': rng.integers(0, 2, batch_size).astype(np.int32)})
+  warmup_batches, timed_batches = [batch] * warmup, [batch] * steps
+for batch in warmup_batches:
   state, sums = step(state, batch)
 first_loss = float(sums['loss'] / sums['count'])
 jax.block_until_ready(state)
-cpu, wall = time.process_time(), time.perf_counter()
-for _ in range(steps):
+cpu, wall, images = time.process_time(), time.perf_counter(), 0
+for batch in timed_batches:
   state, sums = step(state, batch)
+  images += batch_size
 jax.block_until_ready((state, sums))
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 print(json.dumps({
-    'img_s': batch_size * steps / wall, 'wall_s': wall, 'cpu_s': cpu,
+    'img_s': images / wall, 'wall_s': wall, 'cpu_s': cpu,
     'params': train.count_params(state.params), 'loss_warmup': first_loss,
     'loss_last': float(sums['loss'] / sums['count']),
     'devices': f'{len(jax.devices())} x {jax.devices()[0].platform}',
@@ -85,7 +106,7 @@ import numpy as np
 import torch
 from torch import nn
 
-steps, size, batch_size, warmup = map(int, sys.argv[1:5])
+steps, size, batch_size, warmup, epoch_images = map(int, sys.argv[1:6])
 torch.set_num_threads(os.cpu_count())
 torch.manual_seed(0)
 
@@ -110,11 +131,18 @@ model = nn.Sequential(*layers).to(memory_format=torch.channels_last).train()
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8)
 loss_fn = nn.BCEWithLogitsLoss()
 rng = np.random.default_rng(0)
-images = torch.from_numpy(rng.integers(0, 256, (batch_size, size, size, 3), np.uint8))
-labels = torch.from_numpy(rng.integers(0, 2, batch_size).astype(np.float32))
+n = epoch_images or batch_size
+data = (torch.from_numpy(rng.integers(0, 256, (n, size, size, 3), np.uint8)),
+        torch.from_numpy(rng.integers(0, 2, n).astype(np.float32)))
+if epoch_images:
+  loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data),
+                                       batch_size=batch_size, shuffle=True, drop_last=True)
+  warmup_batches, timed_batches = loader, loader  # Each pass is an epoch.
+else:
+  warmup_batches, timed_batches = [data] * warmup, [data] * steps
 
 
-def step():
+def step(images, labels):
   optimizer.zero_grad(set_to_none=True)
   # uint8 NHWC viewed as NCHW is channels_last already; float() keeps that layout.
   x = images.permute(0, 3, 1, 2).float().div_(255.0)
@@ -124,16 +152,17 @@ def step():
   return loss
 
 
-for _ in range(warmup):
-  loss = step()
+for images, labels in warmup_batches:
+  loss = step(images, labels)
 first_loss = float(loss)
-cpu, wall = time.process_time(), time.perf_counter()
-for _ in range(steps):
-  loss = step()
+cpu, wall, seen = time.process_time(), time.perf_counter(), 0
+for images, labels in timed_batches:
+  loss = step(images, labels)
+  seen += len(labels)
 last_loss = float(loss)  # CPU ops run eagerly: done when step() returns; this syncs anyway.
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 print(json.dumps({
-    'img_s': batch_size * steps / wall, 'wall_s': wall, 'cpu_s': cpu,
+    'img_s': seen / wall, 'wall_s': wall, 'cpu_s': cpu,
     'params': sum(p.numel() for p in model.parameters() if p.requires_grad),
     'loss_warmup': first_loss, 'loss_last': last_loss,
     'threads': torch.get_num_threads(), 'memory_format': 'channels_last',
@@ -148,7 +177,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-steps, size, batch_size, warmup = map(int, sys.argv[1:5])
+steps, size, batch_size, warmup, epoch_images = map(int, sys.argv[1:6])
 keras.utils.set_random_seed(0)
 inputs = keras.Input((size, size, 3), dtype='uint8')
 x = keras.layers.Rescaling(1 / 255)(inputs)  # Casts to float32, then scales.
@@ -164,19 +193,33 @@ model = keras.Model(inputs, keras.layers.Dense(1)(x))
 model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8),
               loss=keras.losses.BinaryCrossentropy(from_logits=True))
 rng = np.random.default_rng(0)
-images = tf.constant(rng.integers(0, 256, (batch_size, size, size, 3), np.uint8))
-labels = tf.constant(rng.integers(0, 2, (batch_size, 1)).astype(np.float32))
-for _ in range(warmup):
-  loss = model.train_on_batch(images, labels)  # Returns numpy: the step has finished.
-first_loss = float(loss)
+n = epoch_images or batch_size
+images = rng.integers(0, 256, (n, size, size, 3), np.uint8)
+labels = rng.integers(0, 2, (n, 1)).astype(np.float32)
+
+
+def epoch():  # Keras' own loop; the loss it reports is the epoch's mean.
+  return model.fit(images, labels, batch_size=batch_size, epochs=1, shuffle=True,
+                   verbose=0).history['loss'][-1]
+
+
+if epoch_images:
+  first_loss = epoch()
+else:
+  images, labels = tf.constant(images), tf.constant(labels)
+  for _ in range(warmup):
+    first_loss = model.train_on_batch(images, labels)  # Returns numpy: the step has finished.
 cpu, wall = time.process_time(), time.perf_counter()
-for _ in range(steps):
-  loss = model.train_on_batch(images, labels)
+if epoch_images:
+  loss = epoch()
+else:
+  for _ in range(steps):
+    loss = model.train_on_batch(images, labels)
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 print(json.dumps({
-    'img_s': batch_size * steps / wall, 'wall_s': wall, 'cpu_s': cpu,
+    'img_s': (n if epoch_images else batch_size * steps) / wall, 'wall_s': wall, 'cpu_s': cpu,
     'params': int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-    'loss_warmup': first_loss, 'loss_last': float(loss),
+    'loss_warmup': float(first_loss), 'loss_last': float(loss),
     'jit_compile': model.jit_compile,
     'threads': {'intra_op': tf.config.threading.get_intra_op_parallelism_threads(),
                 'inter_op': tf.config.threading.get_inter_op_parallelism_threads()},
@@ -196,6 +239,9 @@ def parse_args(argv=None):
                       help='Comma separated, of jax, torch, keras; jax is the baseline.')
   parser.add_argument('--keras_python', default=os.environ.get('KERAS_PYTHON', ''),
                       help='A Python with tensorflow and keras (default: $KERAS_PYTHON).')
+  parser.add_argument('--epoch_images', type=int, default=0,
+                      help='Time a whole epoch over this many images (the CelebA train split: '
+                           '5000) instead of --steps steps of one batch.')
   args = parser.parse_args(argv)
   args.frameworks = [f for f in args.frameworks.split(',') if f]
   unknown = sorted(set(args.frameworks) - set(WORKERS))
@@ -203,6 +249,9 @@ def parse_args(argv=None):
     parser.error(f'unknown frameworks {unknown}; expected some of {sorted(WORKERS)}')
   if args.image_size < 16:
     parser.error('--image_size must be at least 16 (four 2x2 max-pools).')
+  if args.epoch_images < 0 or 0 < args.epoch_images < args.batch:
+    parser.error(f'--epoch_images must be 0 (steps) or at least one batch ({args.batch}).')
+  args.epoch_images -= args.epoch_images % args.batch  # Whole batches on every side.
   return args
 
 
@@ -235,7 +284,7 @@ def run_worker(name, python, args):
     env['JAX_PLATFORMS'] = 'cpu'
   done = subprocess.run(
       [python, '-c', WORKERS[name], str(args.steps), str(args.image_size), str(args.batch),
-       str(WARMUP)], env=env, capture_output=True, text=True, check=False)
+       str(WARMUP), str(args.epoch_images)], env=env, capture_output=True, text=True, check=False)
   if done.returncode:
     sys.stderr.write(done.stderr[-4000:])
     raise SystemExit(f'The {name} worker ({python}) failed with exit code {done.returncode}.')
@@ -265,9 +314,10 @@ def main(argv=None):
         f'load average {load_average()} at start; Python {platform.python_version()}')
   print(f'jax {version("jax")}, jaxlib {version("jaxlib")}, flax {version("flax")}, '
         f'optax {version("optax")}, torch {version("torch")}')
-  print(f'image_size {args.image_size}, batch {args.batch}, {args.steps} timed steps after '
-        f'{WARMUP} warm-up steps, {args.rounds} rounds; frameworks {",".join(frameworks)}',
-        flush=True)
+  timed = (f'one timed epoch of {args.epoch_images} images after one warm-up epoch'
+           if args.epoch_images else f'{args.steps} timed steps after {WARMUP} warm-up steps')
+  print(f'image_size {args.image_size}, batch {args.batch}, {timed}, {args.rounds} rounds; '
+        f'frameworks {",".join(frameworks)}', flush=True)
 
   results = {name: [] for name in frameworks}
   for round_index in range(args.rounds):
