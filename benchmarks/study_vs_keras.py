@@ -39,7 +39,8 @@ NO_KERAS_PYTHON = (
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--data_dir', required=True)
-  parser.add_argument('--workdir', required=True, help='Runs and results go here (made fresh).')
+  parser.add_argument('--workdir', required=True,
+                      help='Runs and results go here; our side needs a new one (see main).')
   parser.add_argument('--models', default=','.join(MODELS))
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--epochs', type=int, default=10)
@@ -80,7 +81,7 @@ def timed(command, log_path, env=None):
   """Runs a command, each line of its output stamped with the time it came into the log file;
   (wall seconds, CPU seconds, return code)."""
   start, cpu = time.perf_counter(), children_cpu_seconds()
-  with open(log_path, 'w') as log, subprocess.Popen(
+  with open(log_path, 'w', buffering=1) as log, subprocess.Popen(  # Lines: tail -f shows them.
       command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
       text=True) as child:
     for line in child.stdout:  # Text mode: a progress bar's carriage returns end lines too.
@@ -209,6 +210,10 @@ def format_rows(rows):
 
 
 def load(path):
+  """A side saved by an earlier run into the same --workdir (for --skip)."""
+  if not os.path.exists(path):
+    raise SystemExit(f'--skip needs the skipped side saved by an earlier run: {path} is missing '
+                     '(run once without --skip into this --workdir).')
   with open(path) as f:
     return json.load(f)
 
@@ -217,15 +222,20 @@ def main(argv=None):
   args = parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
   saved = {side: os.path.join(args.workdir, f'{side}_side.json') for side in ('ours', 'keras')}
+  skipped = load(saved[args.skip]) if args.skip else None  # Before timing the other side.
   if args.skip == 'ours':
-    ours = load(saved['ours'])
+    ours = skipped
+  elif os.path.exists(os.path.join(args.workdir, 'ours')):  # The study would skip, not time, it.
+    raise SystemExit(f'{args.workdir}/ours holds an earlier run of our side, which '
+                     'gender_jax.study would resume instead of timing: remove it, give a new '
+                     '--workdir, or pass --skip=ours.')
   else:
     ours = run_ours(args)
     with open(saved['ours'], 'w') as f:
       json.dump(ours, f, indent=1)
   print(f"gender_jax study: {ours['seconds']:.1f} s", flush=True)
   if args.skip == 'keras':
-    keras = load(saved['keras'])
+    keras = skipped
   else:
     keras = run_keras(args, ours)
     with open(saved['keras'], 'w') as f:
