@@ -15,7 +15,7 @@ import numpy as np
 
 @functools.cache  # Compiled once per model.
 def _jit_grad_cam(model):
-  """The jitted (variables, uint8 images) -> (N, H, W) maps of `model`."""
+  """The jitted (variables, uint8 images) -> (N, H, W) maps of `model`, not yet scaled."""
 
   def grad_cam_batch(variables, images):
     features = model.apply(variables, images, method=model.encode)
@@ -30,14 +30,19 @@ def _jit_grad_cam(model):
     (grads,) = vjp(jnp.where(logits >= 0, 1.0, -1.0).astype(logits.dtype))
     weights = grads.mean(axis=(1, 2))
     cam = jax.nn.relu(jnp.einsum('nhwc,nc->nhw', features, weights))
-    cam = jax.image.resize(cam, (cam.shape[0], *images.shape[1:3]), 'bilinear')
-    # Normalised after upsampling, so each non-zero map reaches exactly 1 (bilinear samples
-    # rarely land on a feature cell's centre); the resize is linear, so this is the map
-    # normalised first, up to a scale.
-    peak = cam.max(axis=(1, 2), keepdims=True)
-    return cam / jnp.where(peak > 0, peak, 1.0)
+    return jax.image.resize(cam, (cam.shape[0], *images.shape[1:3]), 'bilinear')
 
   return jax.jit(grad_cam_batch)
+
+
+def _scaled_to_peak_1(cams):
+  """Each non-zero map divided by its maximum, on the host: inside the jitted function XLA
+  may compute the map twice, for the maximum and for the division, rounding each its own way
+  (on an AVX2 CPU a peak came out 0.99999994). After upsampling, since bilinear samples rarely
+  land on a feature cell's centre; the resize is linear, so this is the map normalised first,
+  up to a scale."""
+  peak = cams.max(axis=(1, 2), keepdims=True)
+  return cams / np.where(peak > 0, peak, 1.0).astype(cams.dtype)
 
 
 def grad_cam(model, variables, images, batch_size=64):
@@ -47,7 +52,7 @@ def grad_cam(model, variables, images, batch_size=64):
   channel speaks for the prediction).
   """
   fn = _jit_grad_cam(model)
-  maps = [np.asarray(fn(variables, images[i:i + batch_size]))
+  maps = [_scaled_to_peak_1(np.asarray(fn(variables, images[i:i + batch_size])))
           for i in range(0, len(images), batch_size)]
   return np.concatenate(maps) if maps else np.zeros((0, *np.shape(images)[1:3]), np.float32)
 
