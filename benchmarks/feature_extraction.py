@@ -8,6 +8,7 @@ JAX / PyTorch, both measured in this run. Warm-up (compilation, cuDNN autotuning
   python benchmarks/feature_extraction.py                       # CPU, 112 and 224 px, fp32/bf16
   python benchmarks/feature_extraction.py --device=gpu --batch=256 --iters=20
   python benchmarks/feature_extraction.py --pipeline            # also evaluation.extract_features
+  python benchmarks/feature_extraction.py --layers --sizes=224   # each layer: direct vs Winograd
 """
 import argparse
 import json
@@ -30,12 +31,18 @@ def parse_args(argv=None):
   parser.add_argument('--batch', type=int, default=8, help='Images per forward pass.')
   parser.add_argument('--iters', type=int, default=3, help='Timed forward passes per setting.')
   parser.add_argument('--warmup', type=int, default=1, help='Untimed passes first (compiles).')
-  parser.add_argument('--frameworks', default='jax,torch', help='Which sides to run.')
+  parser.add_argument('--frameworks', default='jax,torch',
+                      help="Which sides to run: jax (gender_jax's base as it runs), jax_direct "
+                           "(the same with XLA's direct convolutions only, no Winograd), torch.")
   parser.add_argument('--pipeline', action='store_true',
                       help="Also time gender_jax.evaluation.extract_features over the device mesh, "
                            "the project's own path (host uint8 batches in, float32 numpy out).")
   parser.add_argument('--pipeline_images', type=int, default=0,
                       help='Images in the split the pipeline extracts (default: 4 batches).')
+  parser.add_argument('--layers', action='store_true',
+                      help="Instead: each of VGG16's distinct convolutions (with bias and ReLU) at "
+                           "the first of --sizes, XLA's direct convolution against "
+                           "gender_jax.winograd, and which one winograd.pays_off picks.")
   parser.add_argument('--json', default='', help='Also write the results to this file.')
   return parser.parse_args(argv)
 
@@ -65,11 +72,11 @@ def time_interleaved(fns, warmup, iters):
 # ---------------------------------------------------------------------------------------------
 # JAX: the project's own model.
 # ---------------------------------------------------------------------------------------------
-def jax_classifier(dtype):
+def jax_classifier(dtype, winograd=None):
   """gender_jax's VGG16 classifier with caffe preprocessing and a compute dtype."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gender_jax import models  # pylint: disable=g-import-not-at-top
-  return models.Classifier(base=models.VGG16Base(dtype=jnp.dtype(dtype)),
+  return models.Classifier(base=models.VGG16Base(dtype=jnp.dtype(dtype), winograd=winograd),
                            head=models.DenseHead(), preprocessing='caffe_imagenet')
 
 
@@ -80,10 +87,10 @@ def jax_params(dtype):
   return {'base': base.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))['params']}
 
 
-def jax_extractor(size, dtype, batch):
+def jax_extractor(size, dtype, batch, winograd=None):
   """A call of the jitted encode (preprocess + base) on a batch of device-resident images."""
   import jax  # pylint: disable=g-import-not-at-top
-  model = jax_classifier(dtype)
+  model = jax_classifier(dtype, winograd)
   params = jax_params(dtype)
   encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method='encode'))
   images = jax.device_put(random_images(batch, size))
@@ -196,6 +203,9 @@ def run(args):
       fns, images = {}, {}
       if 'jax' in frameworks:
         fns['jax'], images['jax'] = jax_extractor(size, dtype, args.batch), args.batch
+      if 'jax_direct' in frameworks:
+        fns['jax_direct'] = jax_extractor(size, dtype, args.batch, winograd=False)
+        images['jax_direct'] = args.batch
       if 'torch' in frameworks:
         fns['torch'] = torch_extractor(size, dtype, args.batch, args.device)
         images['torch'] = args.batch
@@ -207,19 +217,55 @@ def run(args):
       row.update({f'{name}_img_s': images[name] / t for name, t in seconds.items()})
       if 'jax_img_s' in row and 'torch_img_s' in row:
         row['jax_over_torch'] = row['jax_img_s'] / row['torch_img_s']
+      if 'jax_img_s' in row and 'jax_direct_img_s' in row:
+        row['jax_over_direct'] = row['jax_img_s'] / row['jax_direct_img_s']
       rows.append(row)
       print(format_row(row), flush=True)
   return rows
 
 
+def time_layers(args):
+  """ms per call of each distinct VGG16 convolution + bias + ReLU: direct against Winograd."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gender_jax import models, winograd  # pylint: disable=g-import-not-at-top
+  size, rows, channels = int(args.sizes.split(',')[0]), [], 3
+  rng = np.random.default_rng(0)
+  for block in models.VGG16_BLOCKS:
+    for features in block:
+      if rows and (rows[-1]['size'], rows[-1]['in']) == (size, features):
+        continue  # A block's third convolution: the same as its second.
+      x = jnp.asarray(rng.uniform(0, 1, (args.batch, size, size, channels)), jnp.float32)
+      kernel = jnp.asarray(rng.standard_normal((3, 3, channels, features)) / 30, jnp.float32)
+      bias = jnp.zeros(features)
+      fns = {}
+      for name, conv in (('direct', jax.lax.conv_general_dilated), ('winograd', winograd.conv3x3)):
+        layer = jax.jit(lambda x, k, b, conv=conv: jax.nn.relu(
+            conv(x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b))
+        fns[name] = lambda layer=layer: layer(x, kernel, bias).block_until_ready()
+      seconds = time_interleaved(fns, args.warmup, args.iters)
+      row = {'size': size, 'in': channels, 'out': features, 'batch': args.batch,
+             'direct_ms': 1e3 * seconds['direct'], 'winograd_ms': 1e3 * seconds['winograd'],
+             'picked': 'winograd' if winograd.pays_off(size, size, channels, features)
+                       else 'direct'}
+      rows.append(row)
+      print(f"{size:4d} px {channels:4d} -> {features:4d} | direct {row['direct_ms']:8.1f} ms | "
+            f"winograd {row['winograd_ms']:8.1f} ms | {seconds['direct'] / seconds['winograd']:.2f}x "
+            f"| picked: {row['picked']}", flush=True)
+      channels = features
+    size //= 2
+  return rows
+
+
 def format_row(row):
   cells = [f"{row['size']:4d} px {row['dtype']:9s} batch {row['batch']:4d}"]
-  for key, label in (('jax_img_s', 'jax'), ('torch_img_s', 'torch'),
-                     ('pipeline_img_s', 'pipeline')):
+  for key, label in (('jax_img_s', 'jax'), ('jax_direct_img_s', 'jax_direct'),
+                     ('torch_img_s', 'torch'), ('pipeline_img_s', 'pipeline')):
     if key in row:
       cells.append(f'{label} {row[key]:9.1f} img/s')
-  if 'jax_over_torch' in row:
-    cells.append(f"jax/torch {row['jax_over_torch']:.2f}x")
+  for key, label in (('jax_over_torch', 'jax/torch'), ('jax_over_direct', 'jax/jax_direct')):
+    if key in row:
+      cells.append(f'{label} {row[key]:.2f}x')
   return ' | '.join(cells)
 
 
@@ -229,13 +275,13 @@ def main(argv=None):
   os.environ.setdefault('JAX_PLATFORMS', 'cuda' if args.device == 'gpu' else 'cpu')
   info = versions(args.frameworks.split(','))
   print(json.dumps(info))
-  if 'torch' in args.frameworks:
+  if 'torch' in args.frameworks and not args.layers:
     # A speed ratio only means something if both sides compute the same function.
     info['relative_difference'] = check_same_network()
     print(f"same network: JAX vs PyTorch features differ by {info['relative_difference']:.1e}")
     if info['relative_difference'] > 1e-3:
       raise SystemExit('JAX and PyTorch VGG16 disagree; the comparison would be meaningless.')
-  rows = run(args)
+  rows = time_layers(args) if args.layers else run(args)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'args': vars(args), 'versions': info, 'results': rows}, f, indent=1)

@@ -101,9 +101,10 @@ def check_batch_size(batch_size, mesh):
 # XLA:CPU's Eigen convolutions (gender_jax's CPU default) ask for the packed patches of a whole
 # dispatch in one allocation: VGG16 at 224 px asks 116 MB an image, so a batch of 256 asks 30 GB
 # and aborts the process (std::bad_alloc) on a 24 GB machine. On CPU each device therefore gets
-# at most this many pixels a dispatch: 32 VGG16 images at 224 px (3.7 GB asked, 1.3 GB touched),
-# as fast per image as 64 and 16 (benchmarks/RESULTS.md, "Bounded inference memory on CPU").
-CPU_PIXELS_PER_DISPATCH = 32 * 224 * 224
+# at most this many pixels a dispatch: 8 VGG16 images at 224 px, faster per image than 16 or 32
+# on an AVX2 CPU (1.2-1.3x over 32; on an AVX-512 one 16, 32 and 64 ran alike), and 1 GB asked
+# (benchmarks/RESULTS.md, "Bounded inference memory on CPU" and "Winograd").
+CPU_PIXELS_PER_DISPATCH = 8 * 224 * 224
 
 
 def dispatch_rows(mesh, arrays):

@@ -11,11 +11,11 @@ def test_dispatch_rows_keeps_each_cpu_devices_images_within_the_pixel_bound():
   four = evaluation.Mesh.create()  # conftest: 4 fake CPU devices.
   one = evaluation.Mesh.create(jax.devices()[:1])
   vgg_224 = {'image': np.zeros((256, 224, 224, 3), np.uint8)}
-  assert evaluation.CPU_PIXELS_PER_DISPATCH // (224 * 224) == 32
-  assert evaluation.dispatch_rows(one, vgg_224) == 32
-  assert evaluation.dispatch_rows(four, vgg_224) == 4 * 32
-  # A divisor of each device's share, so every piece has one shape: 50 a device -> 25.
-  assert evaluation.dispatch_rows(four, {'image': np.zeros((200, 224, 224, 3), np.uint8)}) == 100
+  assert evaluation.CPU_PIXELS_PER_DISPATCH // (224 * 224) == 8
+  assert evaluation.dispatch_rows(one, vgg_224) == 8
+  assert evaluation.dispatch_rows(four, vgg_224) == 4 * 8
+  # A divisor of each device's share, so every piece has one shape: 50 a device -> 5.
+  assert evaluation.dispatch_rows(four, {'image': np.zeros((200, 224, 224, 3), np.uint8)}) == 20
   # Cached base features and small images are dispatched whole.
   assert evaluation.dispatch_rows(four, {'features': np.zeros((256, 7, 7, 512))}) == 256
   assert evaluation.dispatch_rows(four, {'image': np.zeros((256, 48, 48, 3), np.uint8)}) == 256
