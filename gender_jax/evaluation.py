@@ -4,6 +4,7 @@ Training (validation each epoch, the final test), `evaluate`, `predict`, the rep
 caching all get logits (or base features) from here: batches sharded over a device mesh with a
 'batch' axis, the last batch padded and its padding masked out, one compilation per model.
 """
+import collections
 import dataclasses
 import functools
 
@@ -121,17 +122,40 @@ def dispatch_rows(mesh, arrays):
   return piece * mesh.local_size
 
 
-def map_split(mesh, fn, split, batch_size, inputs, desc=None):
-  """fn(sharded inputs(batch)) over every example of a split in order, as numpy.
+# Results are fetched this many pieces behind the dispatches: the devices compute the next pieces
+# while the host copies one back, and no more than this many results wait on the devices. Fetched
+# only after the last dispatch, a GPU split's features left the project's extraction path at 56%
+# of the bare network's speed (benchmarks/RESULTS.md, "GPU").
+PIECES_IN_FLIGHT = 2
 
-  Every batch is dispatched (in pieces of `dispatch_rows`) before any result is fetched, so the
-  host prepares the next batch while the devices compute; the padding of the last batch is
-  dropped by its mask, and pieces of padding alone are not computed.
+
+def map_split(mesh, fn, split, batch_size, inputs, desc=None, dtype=None):
+  """fn(sharded inputs(batch)) over every example of a split in order, as numpy of `dtype`
+  (default: fn's own).
+
+  Each result is fetched PIECES_IN_FLIGHT pieces (of `dispatch_rows`) after its dispatch and
+  written into the output in place, so the host prepares and copies while the devices compute;
+  the padding of the last batch is dropped by its mask, and pieces of padding alone are not
+  computed.
   """
   check_batch_size(batch_size, mesh)
-  outputs, masks = [], []
   single_process = jax.process_count() == 1  # Else every process must run the same pieces.
   total = -(-len(split.labels) // batch_size)
+  pending = collections.deque()
+  result, filled = None, 0
+
+  def fetch_oldest():
+    nonlocal result, filled
+    out, mask = pending.popleft()
+    values, keep = mesh.gather(out), mesh.gather(mask) > 0
+    if not keep.all():
+      values = values[keep]
+    if result is None:
+      result = np.empty((len(split.labels), *values.shape[1:]), dtype or values.dtype)
+    values = values[:len(result) - filled]
+    result[filled:filled + len(values)] = values
+    filled += len(values)
+
   for batch in tqdm.tqdm(input_pipeline.eval_batches(split, batch_size), total=total, desc=desc,
                          leave=False, disable=desc is None):
     arrays = {**inputs(batch), 'mask': batch['mask']}
@@ -140,10 +164,17 @@ def map_split(mesh, fn, split, batch_size, inputs, desc=None):
       if single_process and not batch['mask'][start:start + rows].any():
         continue  # Only padding (a short last batch, one photo): nothing to compute.
       piece = mesh.shard_batch({k: v[start:start + rows] for k, v in arrays.items()})
-      masks.append(piece.pop('mask'))
-      outputs.append(fn(piece))
-  kept = [mesh.gather(out)[mesh.gather(mask) > 0] for out, mask in zip(outputs, masks)]
-  return np.concatenate(kept)[:len(split.labels)]
+      mask = piece.pop('mask')
+      out = fn(piece)
+      out.copy_to_host_async()  # Starts as soon as it is computed, beside the next pieces.
+      pending.append((out, mask))
+      if len(pending) > PIECES_IN_FLIGHT:
+        fetch_oldest()
+  while pending:
+    fetch_oldest()
+  if result is None:
+    raise ValueError(f'Split {split.name!r} has no examples to compute.')
+  return result
 
 
 def predict_logits(mesh, apply_fn, variables, split, batch_size, features=None, desc=None):
@@ -163,9 +194,8 @@ def extract_features(mesh, apply_fn, variables, split, batch_size, flip=False, d
     inputs = lambda batch: {'image': batch['image'][:, :, ::-1]}
   else:
     inputs = lambda batch: {'image': batch['image']}
-  features = map_split(mesh, lambda batch: encode(variables, batch['image']), split, batch_size,
-                       inputs, desc)
-  return features.astype(np.float32)
+  return map_split(mesh, lambda batch: encode(variables, batch['image']), split, batch_size,
+                   inputs, desc, dtype=np.float32)
 
 
 def predict_images(model, variables, images, batch_size=256, mesh=None):
