@@ -21,10 +21,12 @@ MODE=${2:-full}
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS-.whl}
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
-# The datasets and caches go to memory where the machine has it: the check times the GPU, and
-# the disk is probed apart (below).
+# The datasets and caches (about 2 GB) go to memory where the machine has room for them: the
+# check times the GPU, and the disk is probed apart (below).
 SCRATCH=/tmp
-[[ -d /dev/shm && -w /dev/shm ]] && SCRATCH=/dev/shm
+if [[ -w /dev/shm ]] && (( $(df --output=avail -B1G /dev/shm | tail -1) >= 8 )); then
+  SCRATCH=/dev/shm
+fi
 WORK=$(mktemp -d "$SCRATCH/gpu_check_work.XXXXXX")
 mkdir -p "$OUT"
 TABLE="$OUT/gpu_check.md"
