@@ -11,8 +11,8 @@
 # Packages the GPU image lacks travel as wheels in .whl/ (see benchmarks/README.md) and are
 # installed into /tmp/site (WHEELS= skips that, where the packages are there already); the project
 # itself is imported from the checkout (PYTHONPATH), since `pip install -e .` there fetches
-# setuptools from the network. The custom step needs converted MTCNN weights in weights/mtcnn
-# (carry them). PYTHON picks the interpreter (default python3).
+# setuptools from the network. The custom step needs the converted MTCNN weights of
+# configs/custom.py (carry weights/mtcnn). PYTHON picks the interpreter (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +46,7 @@ if [[ $MODE == --small ]]; then
           --config.num_epochs=1 --config.image_size=32)
 else
   export JAX_PLATFORMS=cuda
-  DEVICE=gpu TEST_SELECT='train or models' STEP_LIMIT=${STEP_LIMIT:-150}
+  DEVICE=gpu TEST_SELECT='train or models' STEP_LIMIT=${STEP_LIMIT:-150} BUDGET=${BUDGET:-580}
   EXTRACT=(--sizes=224 --dtypes=bfloat16,float32 --batch=256 --iters=5 --warmup=2
            --pipeline_images=4096)
   STUDY=(--config=configs/default.py --config.image_size=224 --config.compute_dtype=bfloat16)
@@ -57,7 +57,7 @@ row() { echo "$*" | tee -a "$TABLE"; }
 limited() { timeout -s ABRT -k 10 "$STEP_LIMIT" "$@"; }  # rc 124: stopped at the limit.
 # fits NAME: whether a step of STEP_LIMIT still ends inside the device call (BUDGET seconds).
 fits() {
-  (( SECONDS + STEP_LIMIT < ${BUDGET:-580} )) && return
+  (( SECONDS + STEP_LIMIT < BUDGET )) && return
   row "| $1 | skipped: not enough time left after ${SECONDS} s | |"
   return 1
 }
@@ -169,9 +169,10 @@ custom() {  # custom NAME OVERRIDES...: one timed training run into $WORK/NAME.
   limited "$PY" -m gender_jax.main --config=configs/custom.py --workdir="$WORK/$name" \
       --config.data_dir="$DATA" --config.tfds_dir="$WORK/tfds" "${CUSTOM[@]}" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
-  "$PY" - "$WORK/$name" "$name" "$rc" "$(since "$start")" "$*" <<'EOF' | tee -a "$TABLE"
+  "$PY" - "$WORK/$name" "$OUT/$name.log" "$name" "$rc" "$(since "$start")" "$*" <<'EOF' \
+      | tee -a "$TABLE"
 import json, os, sys
-workdir, name, rc, seconds, overrides = sys.argv[1:]
+workdir, log, name, rc, seconds, overrides = sys.argv[1:]
 path = os.path.join(workdir, 'results.json')
 if os.path.exists(path):
   r = json.load(open(path))
@@ -179,14 +180,13 @@ if os.path.exists(path):
   cell = (f"test acc {m['accuracy']:.4f} (n={m['num_examples']}), AUC {m['roc_auc']:.4f}, "
           f"best epoch {r['best_epoch']}/{r['num_epochs']}, {r['train_images_per_second']:.0f} "
           f"train img/s")
-else:
-  cell = 'no results.json'
+else:  # The run's own one-line error (missing weights, say), if it ended with one.
+  errors = [line for line in open(log, errors='replace') if line.startswith('error:')]
+  cell = 'no results.json' + (f'; {errors[-1].strip()}' if errors else '')
 print(f"| custom {name} {overrides} (rc {rc}) | {cell} | {seconds} |")
 EOF
 }
-if has custom && [[ ! -f weights/mtcnn/metadata.json ]]; then
-  row "| custom | skipped: no weights/mtcnn (python -m weights_convert --source mtcnn; carry it) | |"
-elif has custom && fits custom; then
+if has custom && fits custom; then
   custom custom_config
   IFS=';' read -ra variants <<< "${CUSTOM_VARIANTS:-}"
   for i in "${!variants[@]}"; do
