@@ -38,7 +38,7 @@ def test_map_split_computes_pieces_in_order_and_skips_padding_alone():
   assert shapes == [(4, 8, 8, 3)] * 3
 
 
-def test_map_split_fetches_each_result_pieces_in_flight_after_its_dispatch_into_dtype():
+def test_map_split_fetches_each_result_pieces_in_flight_after_its_dispatch():
   images = np.arange(10 * 8 * 8 * 3).reshape(10, 8, 8, 3).astype(np.uint8)
   split = input_pipeline.Split('valid', images, np.zeros(10, np.int32), paths=[], source_dir='')
   mesh = evaluation.Mesh.create()
@@ -47,7 +47,7 @@ def test_map_split_fetches_each_result_pieces_in_flight_after_its_dispatch_into_
 
   def fn(batch):
     events.append('dispatch')
-    return jax.numpy.sum(batch['image'].astype(np.int32), axis=(1, 2, 3)).astype(jax.numpy.bfloat16)
+    return jax.numpy.sum(batch['image'].astype(np.int32), axis=(1, 2, 3))
 
   def recorded_gather(self, array):
     events.append('fetch')
@@ -56,15 +56,25 @@ def test_map_split_fetches_each_result_pieces_in_flight_after_its_dispatch_into_
   with mock.patch.object(evaluation, 'CPU_PIXELS_PER_DISPATCH', 8 * 8), \
        mock.patch.object(evaluation, 'PIECES_IN_FLIGHT', 1), \
        mock.patch.object(evaluation.Mesh, 'gather', recorded_gather):
-    out = evaluation.map_split(mesh, fn, split, 8, lambda batch: {'image': batch['image']},
-                               dtype=np.float32)
-  assert out.dtype == np.float32
-  expected = images.astype(np.int32).sum(axis=(1, 2, 3))
-  np.testing.assert_array_equal(out, expected.astype(jax.numpy.bfloat16).astype(np.float32))
+    out = evaluation.map_split(mesh, fn, split, 8, lambda batch: {'image': batch['image']})
+  np.testing.assert_array_equal(out, images.astype(np.int32).sum(axis=(1, 2, 3)))
   # Three pieces; each fetched (its result and its mask) once one more is dispatched, the last
   # after the loop: at most PIECES_IN_FLIGHT + 1 results are ever waiting on the devices.
   fetch = ['fetch', 'fetch']
   assert events == ['dispatch', 'dispatch', *fetch, 'dispatch', *fetch, *fetch]
+
+
+def test_extract_features_leave_the_devices_as_float32():
+  images = np.arange(10 * 8 * 8 * 3).reshape(10, 8, 8, 3).astype(np.uint8)
+  split = input_pipeline.Split('valid', images, np.zeros(10, np.int32), paths=[], source_dir='')
+  mesh = evaluation.Mesh.create()
+  bfloat16_base = lambda variables, images, method: images.astype(jax.numpy.bfloat16) * 2
+  batch = mesh.shard_batch({'image': images[:8]})['image']
+  on_devices = evaluation.jit_encode(mesh, bfloat16_base)({}, batch)
+  assert on_devices.dtype == np.float32  # Cast before the transfer, not on the host.
+  out = evaluation.extract_features(mesh, bfloat16_base, {}, split, 8)
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, (images.astype(jax.numpy.bfloat16) * 2).astype(np.float32))
 
 
 def test_predict_images_batches_a_few_photos_without_a_batch_of_padding():
