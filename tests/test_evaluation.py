@@ -21,9 +21,15 @@ def test_dispatch_rows_keeps_each_cpu_devices_images_within_the_pixel_bound():
   assert evaluation.dispatch_rows(four, {'image': np.zeros((256, 48, 48, 3), np.uint8)}) == 256
 
 
-def test_map_split_computes_pieces_in_order_and_skips_padding_alone():
+def ten_images():
+  """Ten distinct 8x8 uint8 images and a split of them."""
   images = np.arange(10 * 8 * 8 * 3).reshape(10, 8, 8, 3).astype(np.uint8)
-  split = input_pipeline.Split('valid', images, np.zeros(10, np.int32), paths=[], source_dir='')
+  return images, input_pipeline.Split('valid', images, np.zeros(10, np.int32), paths=[],
+                                      source_dir='')
+
+
+def test_map_split_computes_pieces_in_order_and_skips_padding_alone():
+  images, split = ten_images()
   mesh = evaluation.Mesh.create()
   shapes = []
 
@@ -39,8 +45,7 @@ def test_map_split_computes_pieces_in_order_and_skips_padding_alone():
 
 
 def test_map_split_fetches_each_result_pieces_in_flight_after_its_dispatch():
-  images = np.arange(10 * 8 * 8 * 3).reshape(10, 8, 8, 3).astype(np.uint8)
-  split = input_pipeline.Split('valid', images, np.zeros(10, np.int32), paths=[], source_dir='')
+  images, split = ten_images()
   mesh = evaluation.Mesh.create()
   events = []
   gather = evaluation.Mesh.gather
@@ -65,8 +70,7 @@ def test_map_split_fetches_each_result_pieces_in_flight_after_its_dispatch():
 
 
 def test_extract_features_leave_the_devices_as_float32():
-  images = np.arange(10 * 8 * 8 * 3).reshape(10, 8, 8, 3).astype(np.uint8)
-  split = input_pipeline.Split('valid', images, np.zeros(10, np.int32), paths=[], source_dir='')
+  images, split = ten_images()
   mesh = evaluation.Mesh.create()
   bfloat16_base = lambda variables, images, method: images.astype(jax.numpy.bfloat16) * 2
   batch = mesh.shard_batch({'image': images[:8]})['image']
