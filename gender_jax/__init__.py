@@ -49,5 +49,13 @@ if os.environ.get('GENDER_JAX_CPU_DEFAULTS', '1') != '0':
   _keep_freed_memory()
 
 
+def cache_dir(*parts, environ=None):
+  """A folder under $XDG_CACHE_HOME/gender_jax (default ~/.cache/gender_jax): what gender_jax keeps
+  between runs of any command (compiled programs, convolution timings). Not made here."""
+  environ = os.environ if environ is None else environ
+  home = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(home, 'gender_jax', *parts)
+
+
 class UserError(Exception):
   """A mistake in what the user asked for: command lines print its message as one line."""

@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 
 from gender_jax import UserError
+from gender_jax import cache_dir
 
 _ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
                        errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
@@ -72,8 +73,7 @@ def compilation_cache_settings(environ):
   recently used go first). JAX_ENABLE_COMPILATION_CACHE=false turns it off. Makes that folder;
   where it cannot, says so in one line and returns {}.
   """
-  cache_home = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  settings = {'jax_compilation_cache_dir': os.path.join(cache_home, 'gender_jax', 'jax'),
+  settings = {'jax_compilation_cache_dir': cache_dir('jax', environ=environ),
               'jax_persistent_cache_min_compile_time_secs': 0.0,
               'jax_compilation_cache_max_size': 1 << 30}
   settings = {name: value for name, value in settings.items() if name.upper() not in environ}

@@ -41,9 +41,10 @@ class VGG16Base(nn.Module):
   Parameter names and shapes match Keras, so converted h5 weights load as they are. Any input of
   32 px or more works; a 224 px input gives 7x7x512 features.
 
-  `winograd`: compute the layers where it pays off by Winograd's F(2x2, 3x3) (gender_jax.winograd;
-  the same function up to float rounding). None: on CPU in float32, where XLA has no such
-  algorithm of its own (VGG16 at 224 px about 1.25x faster); GPU libraries choose their own.
+  `winograd`: compute the layers where it pays off on this machine by Winograd's F(2x2, 3x3)
+  (gender_jax.winograd, which times them once; the same function up to float rounding). None:
+  on CPU in float32, where XLA has no such algorithm of its own (VGG16 at 224 px 1.13-1.29x
+  faster on AMD EPYCs, never slower); GPU libraries choose their own.
   """
   dtype: Any = jnp.float32
   winograd: bool | None = None

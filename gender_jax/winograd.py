@@ -7,10 +7,23 @@ each kernel is transformed (sums and differences), the transformed tiles meet th
 Algorithms for Convolutional Neural Networks", 2015). The result equals the direct
 convolution up to float rounding (about 1e-6 relative in float32). Measured per VGG16 layer in
 benchmarks/RESULTS.md ("Winograd"): faster where the dots dominate the transforms (wide layers
-on maps of 28 px or more), slower elsewhere; `pays_off` says which.
+on maps of 28 px or more) on two AMD EPYCs, slower elsewhere, and slower on all but one layer of
+an Intel Xeon whose direct convolutions run near its peak. So `pays_off` times both on the machine
+at hand, once, and keeps the times for every later process.
 """
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+import time
+
+import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
+
+import gender_jax
 
 # F(2x2, 3x3): input transform B^T, kernel transform G, output transform A^T.
 _B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
@@ -19,9 +32,110 @@ _A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
 _TILE, _OUT = _B_T.shape[0], _A_T.shape[0]  # 4x4 input tiles give 2x2 output tiles.
 
 
+_TIMING_BATCH, _TIMING_REPEATS = 8, 3  # Pieces of 8 images: how evaluation runs 224 px on CPU.
+_timings = {}  # (file, machine, layer) -> times, for a cache folder that cannot be written.
+
+
 def pays_off(height, width, in_channels, features):
-  """Whether F(2x2, 3x3) beats XLA:CPU's direct convolution for this layer (measured)."""
-  return min(height, width) >= 28 and in_channels >= 64 and features >= 128
+  """Whether F(2x2, 3x3) beats XLA's direct convolution for this layer on this machine.
+
+  Narrower layers and maps under 28 px lost on every CPU measured, so they stay direct untimed;
+  the others are timed both ways once per machine (`layer_timings`). With several processes all
+  stay direct: each process compiles the same program only if none chooses by its own clock.
+  """
+  if min(height, width) < 28 or in_channels < 64 or features < 128 or jax.process_count() > 1:
+    return False
+  times = layer_timings(height, width, in_channels, features)
+  return times['winograd_ms'] < times['direct_ms']
+
+
+def timings_path():
+  return gender_jax.cache_dir('convolution_timings.json')
+
+
+def machine():
+  """What convolution times depend on: the processor, the cores this process may use, jaxlib
+  and the XLA flags (which pick the convolutions' library)."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+                 '')
+  except OSError:
+    cpu = ''
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  flags = ' '.join(os.environ.get('XLA_FLAGS', '').split())
+  jaxlib = importlib.metadata.version('jaxlib')
+  return (f'{cpu or platform.processor() or platform.machine()}, {cores} cores, '
+          f'{jax.default_backend()}, jaxlib {jaxlib}, XLA_FLAGS={flags!r}')
+
+
+def layer_timings(height, width, in_channels, features):
+  """{'direct_ms', 'winograd_ms'} of this layer (with its ReLU) on a batch of 8 on this machine.
+
+  Timed the first time a layer of this shape is asked for on this machine and kept in
+  `timings_path()`, a JSON file a person can read: {machine: {layer: times}}.
+  """
+  path, key = timings_path(), f'{height}x{width}x{in_channels}->{features}'
+  memo = (path, machine(), key)
+  if memo not in _timings:
+    times = _read(path).get(memo[1], {}).get(key)
+    if times is None:
+      times = time_layer(height, width, in_channels, features)
+      everything = _read(path)  # Again: another process may have timed other layers meanwhile.
+      everything.setdefault(memo[1], {})[key] = times
+      _write(path, everything)
+    _timings[memo] = times
+  return _timings[memo]
+
+
+def time_layer(height, width, in_channels, features):
+  """Milliseconds per call of the direct and the Winograd convolution, taking turns (best of 3)."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (_TIMING_BATCH, height, width, in_channels)).astype(np.float32)
+  kernel = (rng.standard_normal((3, 3, in_channels, features)) / 30).astype(np.float32)
+  layers = {}
+  for name, conv in (('direct', jax.lax.conv_general_dilated), ('winograd', conv3x3)):
+    layer = jax.jit(lambda x, k, conv=conv: jax.nn.relu(conv(
+        x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))
+    # Compiled ahead of time and called on numpy arrays: this runs while a model is traced.
+    layers[name] = layer.lower(x, kernel).compile()
+  best = {name: float('inf') for name in layers}
+  desc = f'Timing 3x3 convolutions {height}x{width}x{in_channels}->{features} (once on this machine)'
+  with tqdm.tqdm(total=2 * (_TIMING_REPEATS + 1), desc=desc, leave=False) as bar:
+    for repeat in range(_TIMING_REPEATS + 1):  # The first call of each is a warm-up.
+      for name, layer in layers.items():
+        start = time.perf_counter()
+        layer(x, kernel).block_until_ready()
+        if repeat:
+          best[name] = min(best[name], time.perf_counter() - start)
+        bar.update()
+  return {f'{name}_ms': round(1e3 * seconds, 2) for name, seconds in best.items()}
+
+
+def _read(path):
+  try:
+    with open(path, encoding='utf-8') as f:
+      everything = json.load(f)
+  except (OSError, ValueError):  # None yet, or unreadable: time again.
+    return {}
+  return everything if isinstance(everything, dict) else {}
+
+
+def _write(path, everything):
+  """Replaces the file whole (a reader never sees half of it); where it cannot be written, the
+  times live for this process only."""
+  folder = os.path.dirname(path)
+  try:
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix='.tmp')
+  except OSError:
+    return
+  try:
+    with os.fdopen(handle, 'w', encoding='utf-8') as f:
+      json.dump(everything, f, indent=1, sort_keys=True)
+    os.replace(temporary, path)
+  except OSError:
+    os.remove(temporary)
 
 
 def _combine(matrix, terms):

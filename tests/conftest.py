@@ -23,11 +23,14 @@ CELEBA_GENDER = REPO.parent / 'shared' / 'data' / 'celeba_gender'
 def _scratch_inside_pytests_folder(tmp_path_factory):
   """tempfile's folder (and TMPDIR, for subprocesses) and the commands' compilation cache inside
   pytest's own folder, which pytest prunes: TFDS leaves an empty temporary folder behind for
-  every dataset it builds, and the user's own cache stays untouched."""
+  every dataset it builds, and the user's own caches (compiled programs, convolution timings)
+  stay untouched."""
   scratch = str(tmp_path_factory.mktemp('tempfile'))
   compiled = str(tmp_path_factory.mktemp('compilation_cache'))
+  cache_home = str(tmp_path_factory.mktemp('cache_home'))
   with mock.patch.object(tempfile, 'tempdir', scratch), mock.patch.dict(
-      os.environ, {'TMPDIR': scratch, 'JAX_COMPILATION_CACHE_DIR': compiled}):
+      os.environ, {'TMPDIR': scratch, 'JAX_COMPILATION_CACHE_DIR': compiled,
+                   'XDG_CACHE_HOME': cache_home}):
     yield
 
 

@@ -6,10 +6,11 @@ import urllib.request
 
 import tqdm
 
+import gender_jax
 from gender_jax import pretrained
 from weights_convert import convert, mtcnn
 
-DEFAULT_CACHE_DIR = '~/.cache/gender_jax/weights'
+DEFAULT_CACHE_DIR = gender_jax.cache_dir('weights')
 # keras/src/applications/vgg16.py publishes the ImageNet file's MD5; rcmalli published no hash,
 # so its sha256 is recorded in the metadata and can be pinned with --sha256.
 MD5_OF_SOURCE = {'imagenet': '6d6bbae143d832006294945121d1f1fc'}
