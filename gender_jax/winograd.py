@@ -11,6 +11,7 @@ on maps of 28 px or more) on two AMD EPYCs, slower elsewhere, and slower on all 
 an Intel Xeon whose direct convolutions run near its peak. So `pays_off` times both on the machine
 at hand, once, and keeps the times for every later process.
 """
+import functools
 import importlib.metadata
 import json
 import os
@@ -33,7 +34,9 @@ _TILE, _OUT = _B_T.shape[0], _A_T.shape[0]  # 4x4 input tiles give 2x2 output ti
 
 
 _TIMING_BATCH, _TIMING_REPEATS = 8, 3  # Pieces of 8 images: how evaluation runs 224 px on CPU.
-_timings = {}  # (file, machine, layer) -> times, for a cache folder that cannot be written.
+# (file, machine, layer) -> times: the file is read once per layer, and a cache folder that
+# cannot be written still times each layer once per process.
+_timings = {}
 
 
 def pays_off(height, width, in_channels, features):
@@ -56,6 +59,13 @@ def timings_path():
 def machine():
   """What convolution times depend on: the processor, the cores this process may use, jaxlib
   and the XLA flags (which pick the convolutions' library)."""
+  flags = ' '.join(os.environ.get('XLA_FLAGS', '').split())
+  return f'{_hardware_and_jaxlib()}, XLA_FLAGS={flags!r}'
+
+
+@functools.cache
+def _hardware_and_jaxlib():
+  """The part of `machine` a process cannot change: read once, not at every layer of a trace."""
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as f:
       cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
@@ -63,10 +73,9 @@ def machine():
   except OSError:
     cpu = ''
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  flags = ' '.join(os.environ.get('XLA_FLAGS', '').split())
   jaxlib = importlib.metadata.version('jaxlib')
   return (f'{cpu or platform.processor() or platform.machine()}, {cores} cores, '
-          f'{jax.default_backend()}, jaxlib {jaxlib}, XLA_FLAGS={flags!r}')
+          f'{jax.default_backend()}, jaxlib {jaxlib}')
 
 
 def layer_timings(height, width, in_channels, features):
@@ -75,17 +84,16 @@ def layer_timings(height, width, in_channels, features):
   Timed the first time a layer of this shape is asked for on this machine and kept in
   `timings_path()`, a JSON file a person can read: {machine: {layer: times}}.
   """
-  path, key = timings_path(), f'{height}x{width}x{in_channels}->{features}'
-  memo = (path, machine(), key)
-  if memo not in _timings:
-    times = _read(path).get(memo[1], {}).get(key)
+  path, here, key = timings_path(), machine(), f'{height}x{width}x{in_channels}->{features}'
+  if (path, here, key) not in _timings:
+    times = _read(path).get(here, {}).get(key)
     if times is None:
       times = time_layer(height, width, in_channels, features)
       everything = _read(path)  # Again: another process may have timed other layers meanwhile.
-      everything.setdefault(memo[1], {})[key] = times
+      everything.setdefault(here, {})[key] = times
       _write(path, everything)
-    _timings[memo] = times
-  return _timings[memo]
+    _timings[path, here, key] = times
+  return _timings[path, here, key]
 
 
 def time_layer(height, width, in_channels, features):
