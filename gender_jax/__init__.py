@@ -7,12 +7,13 @@ import sys
 
 LABELS = ('female', 'male')  # label index -> name: Female = 0, Male = 1.
 
-# XLA:CPU hands convolutions to YNNPACK by default, which trains these CNNs slower than Eigen
-# (benchmarks/RESULTS.md, "XLA:CPU flags"): YNNPACK keeps the dots and reductions only. Set before
-# JAX starts (XLA reads XLA_FLAGS once), and only on jaxlib releases known to have the flag: XLA
-# aborts on an unknown one. A user's own setting of it wins; GENDER_JAX_CPU_DEFAULTS=0 sets none.
-CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type='
-                 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE')
+# XLA:CPU hands convolutions and dots to YNNPACK by default. Its convolutions train these CNNs
+# slower than Eigen's (benchmarks/RESULTS.md, "XLA:CPU flags"), and its dots run the Winograd
+# layers' batched products slower than Eigen's on an Intel Xeon ("Dots off YNNPACK"), so YNNPACK
+# keeps the reductions only. Set before JAX starts (XLA reads XLA_FLAGS once), and only on jaxlib
+# releases known to have the flag: XLA aborts on an unknown one. A user's own setting of it wins;
+# GENDER_JAX_CPU_DEFAULTS=0 sets none.
+CPU_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE'
 _JAXLIB_WITH_THE_FLAG = ('0.10.',)
 
 
