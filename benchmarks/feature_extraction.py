@@ -183,8 +183,9 @@ def torch_extractor(size, dtype, batch, device):
 # ---------------------------------------------------------------------------------------------
 def versions(frameworks):
   import jax  # pylint: disable=g-import-not-at-top
+  flags = os.environ.get('XLA_FLAGS', '').split()
   out = {'jax': jax.__version__, 'jax_devices': str(jax.devices()),
-         'gender_jax_cpu_flags': gender_jax.CPU_XLA_FLAGS in os.environ.get('XLA_FLAGS', '')}
+         'gender_jax_cpu_flags': gender_jax.CPU_XLA_FLAGS in flags}
   if 'torch' in frameworks:
     import torch  # pylint: disable=g-import-not-at-top
     out['torch'] = torch.__version__
