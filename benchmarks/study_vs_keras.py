@@ -15,6 +15,14 @@ nothing, only the custom model's can be compared).
   KERAS_PYTHON=VENV/bin/python python benchmarks/study_vs_keras.py \
       --data_dir=../shared/data/celeba_gender --image_size=64 --epochs=3 \
       --workdir=runs/study_vs_keras --json=study_vs_keras.json
+
+Where the study is too long for one sitting (224 px on 2 cores: hours per VGG model on the Keras
+side), measure it model by model (--models=vggface, each into its own --workdir and --json),
+then sum the runs into the whole study with --combine; it refuses runs of other settings or
+machines and models measured twice:
+
+  python benchmarks/study_vs_keras.py --combine=custom.json,vgg16.json,vggface.json \
+      --json=study_vs_keras.json
 """
 import argparse
 import datetime
@@ -27,8 +35,13 @@ import subprocess
 import sys
 import time
 
+from train_step_frameworks import cpu_model  # Beside this file: sys.path[0] when run.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('custom', 'vgg16', 'vggface')
+WALL_ROW, CPU_ROW = 'whole study (wall, subprocess)', 'whole study (CPU, subprocess)'
+# What runs summed by --combine must share; the machine too, where both runs record it.
+SETTINGS = ('data_dir', 'image_size', 'epochs', 'batch_size', 'seed', 'num_images')
 # How to get the Keras side's interpreter, said in one line when there is none.
 NO_KERAS_PYTHON = (
     'Keras/TensorFlow Python {problem}: make a venv apart from the project environment '
@@ -38,9 +51,10 @@ NO_KERAS_PYTHON = (
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data_dir', required=True)
-  parser.add_argument('--workdir', required=True,
-                      help='Runs and results go here; our side needs a new one (see main).')
+  parser.add_argument('--data_dir', help='Required unless --combine.')
+  parser.add_argument('--workdir',
+                      help='Runs and results go here; our side needs a new one (see main). '
+                           'Required unless --combine.')
   parser.add_argument('--models', default=','.join(MODELS))
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--epochs', type=int, default=10)
@@ -61,7 +75,15 @@ def parse_args(argv=None):
                            'the extra epochs at each side\'s measured cost of a later epoch '
                            '(needs --epochs >= 2). Printed and saved labelled as an estimate.')
   parser.add_argument('--json', default='', help='Also write the comparison to this file.')
+  parser.add_argument('--combine', default='',
+                      help='Run nothing: sum the --json files of earlier runs of separate '
+                           'models (comma-separated) into the whole study.')
   args = parser.parse_args(argv)
+  if args.combine:
+    return args
+  for name in ('data_dir', 'workdir'):
+    if not getattr(args, name):
+      parser.error(f'--{name} is required (unless --combine).')
   if args.skip != 'keras':
     if not args.keras_python:
       raise SystemExit(NO_KERAS_PYTHON.format(problem='not given'))
@@ -188,10 +210,10 @@ def compare(ours, keras):
         'ours_accuracy': ours_result['metrics']['accuracy'],
         'keras_accuracy': theirs['test_accuracy'],
         'random_base': bool(ours_result['weights'] and ours_result['weights']['random_base'])})
-  rows.append({'model': 'whole study (wall, subprocess)', 'ours_seconds': ours['seconds'],
+  rows.append({'model': WALL_ROW, 'ours_seconds': ours['seconds'],
                'keras_seconds': keras['seconds'], 'speedup': keras['seconds'] / ours['seconds']})
   if ours.get('cpu_seconds') and keras.get('cpu_seconds'):  # Sides saved before lack them.
-    rows.append({'model': 'whole study (CPU, subprocess)', 'cpu': True,
+    rows.append({'model': CPU_ROW, 'cpu': True,
                  'ours_seconds': ours['cpu_seconds'], 'keras_seconds': keras['cpu_seconds'],
                  'speedup': keras['cpu_seconds'] / ours['cpu_seconds']})
   return rows
@@ -218,8 +240,65 @@ def load(path):
     return json.load(f)
 
 
+def combine(paths):
+  """Runs of separate models as one: their model rows, their whole-study rows summed."""
+  if len(paths) < 2 or len(set(paths)) < len(paths):
+    raise SystemExit(f'--combine: give two or more different files, not {",".join(paths)}.')
+  parts = {}
+  for path in paths:
+    try:
+      with open(path) as f:
+        part = json.load(f)
+    except (OSError, ValueError) as e:
+      raise SystemExit(f'--combine: cannot read {path}: {e}')
+    if not isinstance(part, dict) or not {'args', 'rows'} <= part.keys():
+      raise SystemExit(f'--combine: {path} is not a --json file of study_vs_keras.py.')
+    parts[path] = part
+  (first, base), *others = parts.items()
+  for path, part in others:
+    for name in SETTINGS:
+      if part['args'].get(name) != base['args'].get(name):
+        raise SystemExit(f"--combine: {path} has {name}={part['args'].get(name)!r}, {first} "
+                         f"{base['args'].get(name)!r}: sum runs of the same settings only.")
+  machines = {path: part.get('machine') for path, part in parts.items()}
+  recorded = {m for m in machines.values() if m}
+  if len(recorded) > 1:
+    raise SystemExit(f'--combine: the runs were made on different machines ({machines}): sum '
+                     'runs of one machine only.')
+  rows, seen = [], {}
+  for path, part in parts.items():
+    for row in part['rows']:
+      if 'ours_accuracy' not in row:  # A whole-study row: summed below.
+        continue
+      if row['model'] in seen:
+        raise SystemExit(f"--combine: {row['model']} is in both {seen[row['model']]} and "
+                         f'{path}: give each model once.')
+      seen[row['model']] = path
+      rows.append(row)
+  runs = sum(part.get('runs', 1) for part in parts.values())  # A combined part counts its own.
+  for label, cpu in ((WALL_ROW, False), (CPU_ROW, True)):
+    whole = [next((r for r in p['rows'] if 'ours_accuracy' not in r and
+                   bool(r.get('cpu')) == cpu), None) for p in parts.values()]
+    if all(whole):  # Runs saved before CPU seconds were recorded lack the CPU row.
+      row = {'model': label.replace('subprocess', f'{runs} runs summed'),
+             'ours_seconds': sum(r['ours_seconds'] for r in whole),
+             'keras_seconds': sum(r['keras_seconds'] for r in whole)}
+      row['speedup'] = row['keras_seconds'] / row['ours_seconds']
+      rows.append({**row, 'cpu': True} if cpu else row)
+  return {'args': {name: base['args'].get(name) for name in SETTINGS}, 'combined': list(parts),
+          'runs': runs, 'machine': recorded.pop() if recorded else None, 'rows': rows}
+
+
 def main(argv=None):
   args = parse_args(argv)
+  if args.combine:
+    out = combine(args.combine.split(','))
+    print(f"{out['runs']} runs on {out['machine'] or 'a machine not recorded'}: {out['args']}")
+    print(format_rows(out['rows']))
+    if args.json:
+      with open(args.json, 'w') as f:
+        json.dump(out, f, indent=1)
+    return out
   os.makedirs(args.workdir, exist_ok=True)
   saved = {side: os.path.join(args.workdir, f'{side}_side.json') for side in ('ours', 'keras')}
   skipped = load(saved[args.skip]) if args.skip else None  # Before timing the other side.
@@ -243,7 +322,8 @@ def main(argv=None):
   print(f"Keras study: {keras['seconds']:.1f} s", flush=True)
   rows = compare(ours, keras)
   print(format_rows(rows))
-  out = {'args': vars(args), 'keras_info': keras['info'], 'rows': rows,
+  out = {'args': vars(args), 'machine': f'{cpu_model()}, {os.cpu_count()} CPUs',
+         'keras_info': keras['info'], 'rows': rows,
          'epoch_seconds': {'ours': ours['epoch_seconds'], 'keras': keras['epoch_seconds']}}
   if args.extrapolate_epochs:
     out['estimate'] = extrapolate(rows, ours, keras, args.epochs, args.extrapolate_epochs)

@@ -256,14 +256,22 @@ def parse_args(argv=None):
 
 
 def cpu_model():
+  """The CPU's model name, with its family and model numbers where /proc/cpuinfo has them: a
+  VM's name alone (such as 'Intel(R) Xeon(R) Processor') does not tell CPUs apart."""
+  fields = {}
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
+        if not line.strip():
+          break  # The first processor's block: all are alike.
+        key, _, value = line.partition(':')
+        fields[key.strip()] = value.strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  name = fields.get('model name') or platform.processor() or platform.machine()
+  if 'cpu family' in fields and 'model' in fields:
+    name += f" (family {fields['cpu family']}, model {fields['model']})"
+  return name
 
 
 def load_average():
