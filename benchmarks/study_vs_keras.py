@@ -291,16 +291,8 @@ def combine(paths):
           'runs': runs, 'machine': recorded.pop() if recorded else None, 'rows': rows}
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  if args.combine:
-    out = combine(args.combine.split(','))
-    print(f"{out['runs']} runs on {out['machine'] or 'a machine not recorded'}: {out['args']}")
-    print(format_rows(out['rows']))
-    if args.json:
-      with open(args.json, 'w') as f:
-        json.dump(out, f, indent=1)
-    return out
+def measure(args):
+  """Both sides timed (or one read back, --skip) and compared."""
   os.makedirs(args.workdir, exist_ok=True)
   saved = {side: os.path.join(args.workdir, f'{side}_side.json') for side in ('ours', 'keras')}
   skipped = load(saved[args.skip]) if args.skip else None  # Before timing the other side.
@@ -331,11 +323,21 @@ def main(argv=None):
     out['estimate'] = extrapolate(rows, ours, keras, args.epochs, args.extrapolate_epochs)
     print(f'\nESTIMATE (not measured) at {args.extrapolate_epochs} epochs:')
     print(format_rows(out['estimate']))
+  return out
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.combine:
+    out = combine(args.combine.split(','))
+    print(f"{out['runs']} runs on {out['machine'] or 'a machine not recorded'}: {out['args']}")
+    print(format_rows(out['rows']))
+  else:
+    out = measure(args)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(out, f, indent=1)
   return out
-
 
 if __name__ == '__main__':
   main()
