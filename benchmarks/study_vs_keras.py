@@ -282,11 +282,10 @@ def combine(paths):
     whole = [next((r for r in p['rows'] if 'ours_accuracy' not in r and
                    bool(r.get('cpu')) == cpu), None) for p in parts.values()]
     if all(whole):  # Runs saved before CPU seconds were recorded lack the CPU row.
-      row = {'model': label.replace('subprocess', f'{runs} runs summed'),
-             'ours_seconds': sum(r['ours_seconds'] for r in whole),
-             'keras_seconds': sum(r['keras_seconds'] for r in whole)}
-      row['speedup'] = row['keras_seconds'] / row['ours_seconds']
-      rows.append({**row, 'cpu': True} if cpu else row)
+      ours, keras = (sum(r[f'{side}_seconds'] for r in whole) for side in ('ours', 'keras'))
+      rows.append({'model': label.replace('subprocess', f'{runs} runs summed'),
+                   'ours_seconds': ours, 'keras_seconds': keras, 'speedup': keras / ours,
+                   **({'cpu': True} if cpu else {})})
   return {'args': {name: base['args'].get(name) for name in SETTINGS}, 'combined': list(parts),
           'runs': runs, 'machine': recorded.pop() if recorded else None, 'rows': rows}
 
@@ -338,6 +337,7 @@ def main(argv=None):
     with open(args.json, 'w') as f:
       json.dump(out, f, indent=1)
   return out
+
 
 if __name__ == '__main__':
   main()

@@ -113,9 +113,9 @@ def test_pays_off_times_once_per_process_where_the_cache_cannot_be_written(timin
   assert len(calls) == 1
 
 
-def test_layers_are_timed_for_real_while_the_model_is_traced(timings):
+@pytest.mark.usefixtures('timings')  # A fresh cache; `time_layer` stays the real one.
+def test_layers_are_timed_for_real_while_the_model_is_traced():
   """The first jit of VGG16 at 56 px times its two 28 px layers of block 2 on this machine."""
-  del timings  # Its fresh cache folder and process memory; `time_layer` stays the real one.
   images = jnp.asarray(np.random.default_rng(3).uniform(-120, 130, (2, 56, 56, 3)), jnp.float32)
   params = models.VGG16Base(winograd=False).init(jax.random.key(0), images[:1])
   features = jax.jit(models.VGG16Base(winograd=True).apply)(params, images)
