@@ -262,8 +262,9 @@ def combine(paths):
                          f"{base['args'].get(name)!r}: sum runs of the same settings only.")
   machines = {path: part.get('machine') for path, part in parts.items()}
   recorded = {m for m in machines.values() if m}
-  for path in (p for p, m in machines.items() if not m):  # Saved before runs recorded it.
-    print(f'{path} does not record its machine: make sure it ran on the same one.')
+  for path, machine in machines.items():
+    if not machine:  # Saved before runs recorded it.
+      print(f'{path} does not record its machine: make sure it ran on the same one.')
   if len(recorded) > 1:
     raise SystemExit(f'--combine: the runs were made on different machines ({machines}): sum '
                      'runs of one machine only.')
