@@ -29,7 +29,7 @@ parameter count (BatchNorm's running statistics are not parameters). The counts 
 
 With --epoch_images=N a process instead trains whole epochs over N random images held in memory
 (rounded down to whole batches), each through its framework's own loop, shuffled, without
-augmentation: gender_jax's `input_pipeline.train_batches` into the jitted step, a PyTorch
+augmentation: gender_jax's `input_pipeline.train_batches` through `train.train_epoch`, a PyTorch
 `DataLoader` (shuffle, in-process), Keras' `model.fit` on numpy arrays. One epoch warms up, the
 next is timed.
 
@@ -54,6 +54,7 @@ JAX_WORKER = r'''
 import importlib.metadata, json, os, sys, time
 import numpy as np
 import jax
+import tqdm
 from configs import custom
 from gender_jax import evaluation, input_pipeline, models, train
 
@@ -85,10 +86,14 @@ for batch in warmup_batches:
   state, sums = step(state, batch)
 first_loss = float(sums['loss'] / sums['count'])
 jax.block_until_ready(state)
-cpu, wall, images = time.process_time(), time.perf_counter(), 0
-for batch in timed_batches:
-  state, sums = step(state, batch)
-  images += batch_size
+cpu, wall = time.process_time(), time.perf_counter()
+if epoch_images:  # train.py's own epoch loop.
+  state, sums = train.train_epoch(step, state, timed_batches, tqdm.tqdm(disable=True))
+  images = epoch_images
+else:
+  for batch in timed_batches:
+    state, sums = step(state, batch)
+  images = batch_size * steps
 jax.block_until_ready((state, sums))
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 print(json.dumps({

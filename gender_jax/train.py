@@ -147,6 +147,31 @@ def jit_train_step(mesh, stop_base_gradient):
                  out_shardings=(mesh.replicated, mesh.replicated), donate_argnums=0)
 
 
+# The host prepares the next batches while the devices compute, this many steps ahead and no
+# further: unbounded, JAX's asynchronous dispatch let a 224 px epoch's input on CPU run 30 steps
+# ahead, holding every queued batch, and the epoch's bar ended 100 s before the epoch did
+# (benchmarks/RESULTS.md, "one epoch each side, a probe").
+STEPS_IN_FLIGHT = 2
+
+
+def train_epoch(step, state, batches, bar, steps_in_flight=STEPS_IN_FLIGHT):
+  """step over every (sharded) batch; the new state and the epoch's summed loss, hits and count.
+
+  After each dispatch it waits for the step steps_in_flight behind it (None: never), so the bar
+  counts steps done.
+  """
+  sums = []
+  for batch in batches:
+    state, batch_sums = step(state, batch)
+    sums.append(batch_sums)
+    if steps_in_flight is not None and len(sums) > steps_in_flight:
+      jax.block_until_ready(sums[-steps_in_flight - 1])
+      bar.update()
+  totals = jax.tree.map(lambda *x: float(np.sum(x)), *jax.device_get(sums))
+  bar.update(len(sums) - bar.n)
+  return state, totals
+
+
 # ---------------------------------------------------------------------------------------------
 # A frozen base runs once per image (and mirror image); the head trains on its features.
 # ---------------------------------------------------------------------------------------------
@@ -249,16 +274,12 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
         train_split, config.batch_size, seed=train_seed, epoch=epoch, flip=config.augment_flip,
         shift=config.augment_shift, jitter=input_pipeline.Jitter.from_config(config),
         with_images=not use_cache)
-    sums = []
+    batches = (mesh.shard_batch(feature_cache.feature_batch(batch, features) if use_cache else
+                                {'image': batch['image'], 'label': batch['label']})
+               for batch in batches)
     with tqdm.tqdm(total=steps_per_epoch, desc=f'epoch {epoch}/{config.num_epochs}',
                    disable=jax.process_index() != 0) as bar:
-      for batch in batches:
-        batch = feature_cache.feature_batch(batch, features) if use_cache else {
-            'image': batch['image'], 'label': batch['label']}
-        state, batch_sums = step(state, mesh.shard_batch(batch))
-        sums.append(batch_sums)
-        bar.update()
-    totals = jax.tree.map(lambda *x: float(np.sum(x)), *jax.device_get(sums))
+      state, totals = train_epoch(step, state, batches, bar)
     train_loss = totals['loss'] / totals['count']
     if not np.isfinite(train_loss):
       raise NonFiniteLossError(

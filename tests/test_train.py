@@ -369,3 +369,26 @@ def test_killed_run_resumes_to_the_same_results(synthetic_faces, tmp_path):
   learned = ('epoch', 'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy')
   assert ([{k: e[k] for k in learned} for e in run_dir.read_metrics(workdir)] ==
           [{k: e[k] for k in learned} for e in run_dir.read_metrics(tmp_path / 'straight')])
+
+
+def test_an_epoch_runs_steps_in_flight_ahead_at_most_and_its_bar_counts_steps_done(monkeypatch):
+  events = []
+
+  class Bar:
+    n = 0
+
+    def update(self, n=1):
+      self.n += n
+      events.append(f'bar {self.n}')
+
+  def step(state, batch):
+    events.append(f'dispatch {batch}')
+    return state + 1, {'loss': np.float32(batch), 'count': np.float32(1)}
+
+  monkeypatch.setattr(jax, 'block_until_ready',
+                      lambda sums: events.append(f'wait {int(sums["loss"])}'))
+  state, totals = train.train_epoch(step, 0, range(4), Bar(), steps_in_flight=2)
+  # Step N is waited for once step N + 2 is dispatched; the last two complete with the epoch.
+  assert events == ['dispatch 0', 'dispatch 1', 'dispatch 2', 'wait 0', 'bar 1',
+                    'dispatch 3', 'wait 1', 'bar 2', 'bar 4']
+  assert state == 4 and totals == {'loss': 6.0, 'count': 4.0}
