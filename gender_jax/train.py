@@ -148,9 +148,9 @@ def jit_train_step(mesh, stop_base_gradient):
 
 
 # The host prepares the next batches while the devices compute, this many steps ahead and no
-# further: unbounded, JAX's asynchronous dispatch let a 224 px epoch's input on CPU run 30 steps
-# ahead, holding every queued batch, and the epoch's bar ended 100 s before the epoch did
-# (benchmarks/RESULTS.md, "one epoch each side, a probe").
+# further: unbounded, JAX's asynchronous dispatch let the input on CPU run 30-85% of an epoch's
+# steps ahead, holding every queued batch (memory growing with the dataset), and the bar ended
+# long before the epoch (benchmarks/RESULTS.md, "Training input held to two steps ahead").
 STEPS_IN_FLIGHT = 2
 
 
