@@ -7,7 +7,7 @@ alternating round by round so a busy machine slows them alike. A round times `--
 training steps of configs/custom.py's CNN (80 px, BatchNorm, batch 64) after two warm-up steps,
 and the frozen VGG16 base's forward pass at 112 and 224 px (batch 32). It also reports how far
 one training step's params move from the default's (the flags change rounding, not the model).
-Settings: gender_jax's CPU default (gender_jax/__init__.py: CPU_XLA_FLAGS), and no flags at all
+Settings: gender_jax's CPU default (gender_jax/process.py: CPU_XLA_FLAGS), and no flags at all
 (GENDER_JAX_CPU_DEFAULTS=0).
 """
 import argparse
@@ -23,14 +23,18 @@ SETTINGS = {'none': {'GENDER_JAX_CPU_DEFAULTS': '0'}, 'gender_jax': {}}
 WORKER = r'''
 import json, sys, time
 import numpy as np
+from gender_jax import process
+process.apply()  # As the commands do; GENDER_JAX_CPU_DEFAULTS=0 turns it off.
 import jax, jax.numpy as jnp
 from configs import custom
-from gender_jax import evaluation, models, train
+from gender_jax.models import networks
+from gender_jax.training import sharded
+from gender_jax.training import train
 
 steps = int(sys.argv[1])
 config = custom.get_config()
-model = models.create_model(config)
-mesh = evaluation.Mesh.create()
+model = networks.create_model(config)
+mesh = sharded.Mesh.create()
 state = train.create_train_state(config, model, jax.random.PRNGKey(0), steps_per_epoch=100)
 step = train.jit_train_step(mesh, stop_base_gradient=False)
 rng = np.random.default_rng(0)
@@ -45,7 +49,7 @@ for _ in range(steps):
   state, sums = step(state, batch)
 jax.block_until_ready(sums)
 out = {'train_img_s': 64 * steps / (time.perf_counter() - start)}
-base = models.VGG16Base()
+base = networks.VGG16Base()
 for size in (112, 224):
   images = jnp.asarray(rng.integers(0, 256, (32, size, size, 3)).astype(np.float32))
   params = base.init(jax.random.PRNGKey(0), images[:1])

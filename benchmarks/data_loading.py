@@ -1,7 +1,7 @@
 """Input pipeline speed: img/s from the built TFDS dataset to preprocessed float32 batches.
 
 For each image size, one epoch of the study's protocol (5000/750/750 by default) goes through
-gender_jax.input_pipeline: load_splits, then train_batches (flips and shifts) over the train split
+gender_jax.data: protocol.load_splits, then batching.train_batches (flips and shifts) over the train split
 and eval_batches over valid and test, each batch passed through preprocessing.preprocess
 ('caffe_imagenet') on the host to float32. Measured three ways, in this run:
   naive: sequential PIL open + decode + RGB + resize per file, batched and preprocessed the same;
@@ -30,9 +30,11 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # Batches stay on the host; no ac
 os.environ.setdefault('TQDM_DISABLE', '1')
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import face_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import preprocessing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.data import batching
+from gender_jax.data import face_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.data import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.models import preprocessing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax import process
 
 PREPROCESSING = 'caffe_imagenet'
 
@@ -54,9 +56,9 @@ def parse_args(argv=None):
 def one_epoch(splits, batch, shift, preprocess=True):
   """Preprocessed float32 batches of one epoch of every split; returns the images delivered."""
   delivered = 0
-  batches = [input_pipeline.train_batches(splits['train'], batch, seed=0, epoch=1, flip=True,
+  batches = [batching.train_batches(splits['train'], batch, seed=0, epoch=1, flip=True,
                                           shift=shift)]
-  batches += [input_pipeline.eval_batches(splits[s], batch) for s in ('valid', 'test')]
+  batches += [batching.eval_batches(splits[s], batch) for s in ('valid', 'test')]
   for stream in batches:
     for b in stream:
       x = preprocessing.preprocess(b['image'], PREPROCESSING) if preprocess else b['image']
@@ -102,9 +104,9 @@ def run(args, tfds_dir):
   print(f'Build (once per folder version): {num_files} files in {build_s:.1f} s '
         f'({num_files / build_s:.0f} files/s), into {builder.data_dir}')
   index = {s: face_dataset.read_index(builder, s) for s in builder.info.splits}
-  sizes = {s: config[f'num_{s}'] for s in input_pipeline.SPLITS}
+  sizes = {s: config[f'num_{s}'] for s in protocol.SPLITS}
   files = [os.path.join(builder.info.metadata['source_dir'], index[d.source][0][r])
-           for d in input_pipeline.draw_protocol(index, sizes, config.seed).values()
+           for d in protocol.draw_protocol(index, sizes, config.seed).values()
            for r in d.rows]
   print(f'{"size":>5} {"path":>6} {"load s":>7} {"epoch s":>8} {"epoch img/s":>12} '
         f'{"img/s":>7} {"vs naive":>9} {"uint8 epoch img/s":>18}')
@@ -121,7 +123,7 @@ def run(args, tfds_dir):
           load_s, uint8_rate = 0.0, '-'
           delivered, epoch_s = timed(lambda: naive_epoch(files, size, args.batch))
         else:
-          splits, load_s = timed(lambda: input_pipeline.load_splits(config))
+          splits, load_s = timed(lambda: protocol.load_splits(config))
           delivered, epoch_s = timed(lambda: one_epoch(splits, args.batch, args.shift))
           n, uint8_s = timed(lambda: one_epoch(splits, args.batch, args.shift, preprocess=False))
           uint8_rate = f'{n / uint8_s:.0f}'
@@ -136,4 +138,5 @@ def run(args, tfds_dir):
 
 
 if __name__ == '__main__':
+  process.apply()  # As the commands do, before JAX starts its backend.
   main()

@@ -1,4 +1,4 @@
-"""Face detection speed: gender_jax.face_detect against facenet-pytorch's MTCNN, same photos.
+"""Face detection speed: gender_jax.faces.detect against facenet-pytorch's MTCNN, same photos.
 
 Both sides run MTCNN with the same weights and defaults on the same uint8 photos and return
 boxes, scores and landmarks; they take turns within each round (so load from other processes
@@ -27,6 +27,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from gender_jax import process
 from PIL import Image
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,11 +102,11 @@ def main(argv=None):
   mtcnn_class = facenet_reference.import_mtcnn()
   import torch  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from gender_jax import face_detect  # pylint: disable=g-import-not-at-top
-  from gender_jax import faces  # pylint: disable=g-import-not-at-top
+  from gender_jax.faces import detect  # pylint: disable=g-import-not-at-top
+  from gender_jax.faces import align  # pylint: disable=g-import-not-at-top
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
-  detector = face_detect.load_detector(converted_weights(args.weights))
+  detector = detect.load_detector(converted_weights(args.weights))
   reference = mtcnn_class(select_largest=False)
 
   celeba = load_photos(args.celeba_dir, args.images)
@@ -124,8 +126,8 @@ def main(argv=None):
       found = [f for s in range(0, len(photos), per_call)
                for f in detector.detect(photos[s:s + per_call])]
       for photo, f in zip(photos, found):
-        if (face := faces.largest_face(f)) is not None:
-          faces.align_face(photo, f.landmarks[face], TEMPLATE, 80)
+        if (face := align.largest_face(f)) is not None:
+          align.align_face(photo, f.landmarks[face], TEMPLATE, 80)
       return found
 
     def theirs(photos=photos, per_call=per_call):
@@ -167,4 +169,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  process.apply()  # As the commands do, before JAX starts its backend.
   main()

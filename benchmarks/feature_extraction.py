@@ -7,7 +7,7 @@ JAX / PyTorch, both measured in this run. Warm-up (compilation, cuDNN autotuning
 
   python benchmarks/feature_extraction.py                       # CPU, 112 and 224 px, fp32/bf16
   python benchmarks/feature_extraction.py --device=gpu --batch=256 --iters=20
-  python benchmarks/feature_extraction.py --pipeline            # also evaluation.extract_features
+  python benchmarks/feature_extraction.py --pipeline            # also sharded.extract_features
   python benchmarks/feature_extraction.py --layers --sizes=224   # each layer: direct vs Winograd
 """
 import argparse
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-import gender_jax  # First: its CPU defaults (XLA_FLAGS) are set before JAX starts.
+from gender_jax import process
 
 _CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 
@@ -42,7 +42,7 @@ def parse_args(argv=None):
   parser.add_argument('--layers', action='store_true',
                       help="Instead: each of VGG16's distinct convolutions (with bias and ReLU) at "
                            "the first of --sizes, XLA's direct convolution against "
-                           "gender_jax.winograd, and which one winograd.pays_off picks.")
+                           "gender_jax.models.winograd, and which one winograd.pays_off picks.")
   parser.add_argument('--json', default='', help='Also write the results to this file.')
   return parser.parse_args(argv)
 
@@ -75,9 +75,9 @@ def time_interleaved(fns, warmup, iters):
 def jax_classifier(dtype, winograd=None):
   """gender_jax's VGG16 classifier with caffe preprocessing and a compute dtype."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gender_jax import models  # pylint: disable=g-import-not-at-top
-  return models.Classifier(base=models.VGG16Base(dtype=jnp.dtype(dtype), winograd=winograd),
-                           head=models.DenseHead(), preprocessing='caffe_imagenet')
+  from gender_jax.models import networks  # pylint: disable=g-import-not-at-top
+  return networks.Classifier(base=networks.VGG16Base(dtype=jnp.dtype(dtype), winograd=winograd),
+                           head=networks.DenseHead(), preprocessing='caffe_imagenet')
 
 
 def jax_params(dtype):
@@ -98,16 +98,17 @@ def jax_extractor(size, dtype, batch, winograd=None):
 
 
 def pipeline_extractor(size, dtype, batch, num_images):
-  """A call of evaluation.extract_features on a split of `num_images` random uint8 images."""
-  from gender_jax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
+  """A call of sharded.extract_features on a split of `num_images` random uint8 images."""
+  from gender_jax.training import sharded
+  from gender_jax.data import batching  # pylint: disable=g-import-not-at-top
   model = jax_classifier(dtype)
   params = jax_params(dtype)
-  mesh = evaluation.Mesh.create()
-  split = input_pipeline.Split(
+  mesh = sharded.Mesh.create()
+  split = batching.Split(
       name='benchmark', images=random_images(num_images, size),
       labels=np.arange(num_images, dtype=np.int32) % 2,
       paths=[f'{i}.jpg' for i in range(num_images)], source_dir='')
-  return lambda: evaluation.extract_features(mesh, model.apply, {'params': params}, split, batch)
+  return lambda: sharded.extract_features(mesh, model.apply, {'params': params}, split, batch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,9 +117,9 @@ def pipeline_extractor(size, dtype, batch, num_images):
 def torch_vgg16_features():
   """VGG16's convolutional part as an nn.Sequential: 3x3 same convs + ReLU, 2x2/2 max-pools."""
   import torch  # pylint: disable=g-import-not-at-top
-  from gender_jax import models  # pylint: disable=g-import-not-at-top
+  from gender_jax.models import networks  # pylint: disable=g-import-not-at-top
   layers, channels = [], 3
-  for block in models.VGG16_BLOCKS:
+  for block in networks.VGG16_BLOCKS:
     for features in block:
       layers += [torch.nn.Conv2d(channels, features, 3, padding=1), torch.nn.ReLU(inplace=True)]
       channels = features
@@ -129,9 +130,9 @@ def torch_vgg16_features():
 def torch_load_jax_params(net, params):
   """Copies the Flax base's kernels (3, 3, in, out) and biases into the nn.Sequential."""
   import torch  # pylint: disable=g-import-not-at-top
-  from gender_jax import models  # pylint: disable=g-import-not-at-top
+  from gender_jax.models import networks  # pylint: disable=g-import-not-at-top
   convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
-  for conv, name in zip(convs, models.vgg16_layer_names()):
+  for conv, name in zip(convs, networks.vgg16_layer_names()):
     kernel = np.array(params['base'][name]['kernel'], np.float32).transpose(3, 2, 0, 1)
     conv.weight.data.copy_(torch.from_numpy(kernel))
     conv.bias.data.copy_(torch.from_numpy(np.array(params['base'][name]['bias'], np.float32)))
@@ -185,7 +186,7 @@ def versions(frameworks):
   import jax  # pylint: disable=g-import-not-at-top
   flags = os.environ.get('XLA_FLAGS', '').split()
   out = {'jax': jax.__version__, 'jax_devices': str(jax.devices()),
-         'gender_jax_cpu_flags': gender_jax.CPU_XLA_FLAGS in flags}
+         'gender_jax_cpu_flags': process.CPU_XLA_FLAGS in flags}
   if 'torch' in frameworks:
     import torch  # pylint: disable=g-import-not-at-top
     out['torch'] = torch.__version__
@@ -229,10 +230,11 @@ def time_layers(args):
   """ms per call of each distinct VGG16 convolution + bias + ReLU: direct against Winograd."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gender_jax import models, winograd  # pylint: disable=g-import-not-at-top
+  from gender_jax.models import networks
+  from gender_jax.models import winograd  # pylint: disable=g-import-not-at-top
   size, rows, channels = int(args.sizes.split(',')[0]), [], 3
   rng = np.random.default_rng(0)
-  for block in models.VGG16_BLOCKS:
+  for block in networks.VGG16_BLOCKS:
     for features in block:
       if rows and (rows[-1]['size'], rows[-1]['in']) == (size, features):
         continue  # A block's third convolution: the same as its second.
@@ -290,4 +292,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  process.apply()  # As the commands do, before JAX starts its backend.
   main()

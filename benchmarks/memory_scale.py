@@ -48,11 +48,14 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import custom  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax import LABELS  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax import config_check  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import face_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax import process  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.data import augment
+from gender_jax.data import batching
+from gender_jax.data import face_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.data import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.models import networks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.training import sharded  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # For --data_dir only.
 SHARES = {'valid': 0.05, 'test': 0.05}  # Train gets the rest.
@@ -136,7 +139,7 @@ def split_counts(num_images):
 
 def count_images(folder):
   return sum(len(os.listdir(os.path.join(folder, s, c)))
-             for s in input_pipeline.SPLITS for c in LABELS)
+             for s in protocol.SPLITS for c in LABELS)
 
 
 def make_folder(folder, data_dir, num_images):
@@ -167,14 +170,14 @@ def make_folder(folder, data_dir, num_images):
 
 def train_steps(config, split, steps):
   """`steps` training steps of the config's model on train batches, as train.py runs them."""
-  mesh = evaluation.Mesh.create()
-  model = models.create_model(config)
+  mesh = sharded.Mesh.create()
+  model = networks.create_model(config)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0),
-                                   input_pipeline.num_train_steps(split, BATCH))
+                                   batching.num_train_steps(split, BATCH))
   state = jax.device_put(state, mesh.replicated)
   step = train.jit_train_step(mesh, stop_base_gradient=train.base_is_frozen(config))
-  batches = input_pipeline.train_batches(split, BATCH, seed=0, epoch=2, flip=True,
-                                         jitter=input_pipeline.Jitter.from_config(config))
+  batches = batching.train_batches(split, BATCH, seed=0, epoch=2, flip=True,
+                                         jitter=augment.Jitter.from_config(config))
   losses = []
   for batch in itertools.islice(batches, steps):
     state, sums = step(state, mesh.shard_batch({'image': batch['image'],
@@ -212,17 +215,17 @@ def main(argv=None):
     builder = face_dataset.build(folder, tfds_dir, config.max_bad_fraction)
     row['images'] = sum(builder.info.splits[s].num_examples for s in builder.info.splits)
   with phase(rows, 'decode', sampler) as row, contextlib.redirect_stdout(sys.stderr):
-    splits = input_pipeline.load_splits(config)
+    splits = protocol.load_splits(config)
     row['images'] = sum(len(s) for s in splits.values())
   checksum = 0
   with phase(rows, 'train pass', sampler) as row:
-    for batch in input_pipeline.train_batches(
+    for batch in batching.train_batches(
         splits['train'], BATCH, seed=0, epoch=1, flip=True,
-        jitter=input_pipeline.Jitter.from_config(config)):
+        jitter=augment.Jitter.from_config(config)):
       checksum += int(batch['image'][:, 0, 0, 0].sum())
       row['images'] += len(batch['image'])
   with phase(rows, 'valid pass', sampler) as row:
-    for batch in input_pipeline.eval_batches(splits['valid'], BATCH):
+    for batch in batching.eval_batches(splits['valid'], BATCH):
       checksum += int(batch['image'][:, 0, 0, 0].sum())
       row['images'] += int(batch['mask'].sum())
   losses = []
@@ -244,4 +247,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  process.apply()  # As the commands do, before JAX starts its backend.
   main()

@@ -21,10 +21,12 @@ import numpy as np
 import tqdm
 
 from configs import custom
-from gender_jax import evaluation
-from gender_jax import input_pipeline
-from gender_jax import models
-from gender_jax import train
+from gender_jax import process
+from gender_jax.data import augment
+from gender_jax.data import batching
+from gender_jax.models import networks
+from gender_jax.training import sharded
+from gender_jax.training import train
 from train_step_frameworks import cpu_model, load_average  # Beside this file: sys.path[0].
 
 
@@ -54,9 +56,9 @@ def timed_epoch(step, state, split, config, mesh, steps_in_flight):
   input_done = []
 
   def batches():
-    for b in input_pipeline.train_batches(
+    for b in batching.train_batches(
         split, config.batch_size, seed=0, epoch=1, flip=config.augment_flip,
-        jitter=input_pipeline.Jitter.from_config(config)):
+        jitter=augment.Jitter.from_config(config)):
       yield mesh.shard_batch({'image': b['image'], 'label': b['label']})
     input_done.append(time.perf_counter())
 
@@ -71,14 +73,14 @@ def main(argv=None):
   args = parse_args(argv)
   config = custom.get_config()
   config.image_size, config.batch_size = args.image_size, args.batch
-  mesh = evaluation.Mesh.create()
-  evaluation.check_batch_size(args.batch, mesh)
+  mesh = sharded.Mesh.create()
+  sharded.check_batch_size(args.batch, mesh)
   rng = np.random.default_rng(0)
   images = args.images - args.images % args.batch
-  split = input_pipeline.Split(
+  split = batching.Split(
       'train', rng.integers(0, 256, (images, args.image_size, args.image_size, 3), np.uint8),
       rng.integers(0, 2, images).astype(np.int32), paths=[], source_dir='')
-  model = models.create_model(config)
+  model = networks.create_model(config)
   # Every epoch starts from the same state and draws the same batches: the same work each time.
   fresh_state = lambda: train.create_train_state(config, model, jax.random.PRNGKey(0),
                                                  steps_per_epoch=images // args.batch)
@@ -107,4 +109,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  process.apply()  # As the commands do, before JAX starts its backend.
   main()

@@ -9,7 +9,7 @@ The model is configs/custom.py's: uint8 RGB images scaled to 0..1, four blocks o
 32/64/128/256 channels, then flatten -> Dense(256) + ReLU -> Dropout(0.5) -> Dense(1) logit,
 sigmoid binary cross-entropy, Adam lr 1e-3 (epsilon 1e-8). Each side:
 - jax: gender_jax itself, `train.create_train_state` and `train.jit_train_step` on the
-  `evaluation.Mesh` of the CPU, with gender_jax's XLA:CPU defaults (configs/custom.py, its image
+  `sharded.Mesh` of the CPU, with gender_jax's XLA:CPU defaults (configs/custom.py, its image
   size and batch overridden; its cosine schedule and 'correct' count included, as in training).
 - torch: torch.nn built by hand, channels_last memory format (the faster layout of PyTorch's
   oneDNN convolutions on CPU; NCHW is not timed), `torch.set_num_threads(os.cpu_count())`,
@@ -29,7 +29,7 @@ parameter count (BatchNorm's running statistics are not parameters). The counts 
 
 With --epoch_images=N a process instead trains whole epochs over N random images held in memory
 (rounded down to whole batches), each through its framework's own loop, shuffled, without
-augmentation: gender_jax's `input_pipeline.train_batches` through `train.train_epoch`, a PyTorch
+augmentation: gender_jax's `batching.train_batches` through `train.train_epoch`, a PyTorch
 `DataLoader` (shuffle, in-process), Keras' `model.fit` on numpy arrays. One epoch warms up, the
 next is timed.
 
@@ -53,27 +53,32 @@ PARAM_TOLERANCE = 4  # Parameter counts of the frameworks may differ by at most 
 JAX_WORKER = r'''
 import importlib.metadata, json, os, sys, time
 import numpy as np
+from gender_jax import process
+process.apply()  # As the commands do, before JAX starts its backend.
 import jax
 import tqdm
 from configs import custom
-from gender_jax import evaluation, input_pipeline, models, train
+from gender_jax.data import batching
+from gender_jax.models import networks
+from gender_jax.training import sharded
+from gender_jax.training import train
 
 steps, size, batch_size, warmup, epoch_images = map(int, sys.argv[1:6])
 config = custom.get_config()
 config.image_size, config.batch_size = size, batch_size
-model = models.create_model(config)
-mesh = evaluation.Mesh.create()
-evaluation.check_batch_size(batch_size, mesh)
+model = networks.create_model(config)
+mesh = sharded.Mesh.create()
+sharded.check_batch_size(batch_size, mesh)
 state = train.create_train_state(config, model, jax.random.PRNGKey(0), steps_per_epoch=100)
 step = train.jit_train_step(mesh, stop_base_gradient=False)
 rng = np.random.default_rng(0)
 if epoch_images:
-  split = input_pipeline.Split(
+  split = batching.Split(
       'train', rng.integers(0, 256, (epoch_images, size, size, 3), np.uint8),
       rng.integers(0, 2, epoch_images).astype(np.int32), paths=[], source_dir='')
 
   def batches(epoch):  # As train.py feeds its step, without augmentation.
-    for b in input_pipeline.train_batches(split, batch_size, seed=0, epoch=epoch, flip=False):
+    for b in batching.train_batches(split, batch_size, seed=0, epoch=epoch, flip=False):
       yield mesh.shard_batch({'image': b['image'], 'label': b['label']})
 
   warmup_batches, timed_batches = batches(0), batches(1)

@@ -1,7 +1,7 @@
 """The custom CNN trained from scratch (the study's "untrained" model), on aligned faces.
 
 Chosen by validation accuracy, and by balanced accuracy on ../shared/data/utkface_sample (faces
-cut another way) for the face pipeline; never by a test split. README's Results has the runs.
+cut another way) for the face pipeline; never by a test split. docs/results.md has the runs.
 - BatchNorm: valid 0.953-0.957 against 0.945 without; shifts on top did not help.
 - MTCNN alignment (face_align): UTKFace balanced accuracy 0.85-0.88 against 0.65 for the
   same CNN on whole, stretched crops, at the same CelebA validation accuracy (0.949-0.951).

@@ -1,6 +1,7 @@
 """What every command line shares: one line for a user's mistake, quiet library logging, and
 compiled programs kept for the next run.
 
+Every command runs through `run`, which applies the process settings (gender_jax/process.py).
 A mistake in what the user asked for (a gender_jax.UserError) or a fault of the environment (a
 missing or read-only path, a full disk) ends the command with `error: ...` and exit status 1;
 a traceback means a bug. Library INFO logging (checkpointing, datasets) is hidden unless asked
@@ -16,8 +17,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from gender_jax import UserError
 from gender_jax import cache_dir
+from gender_jax import process
+from gender_jax import UserError
 
 _ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
                        errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
@@ -88,7 +90,10 @@ def compilation_cache_settings(environ):
 
 
 def run(main):
-  """app.run(main) with one-line errors, quiet logging and the persistent compilation cache."""
+  """app.run(main) with the process settings, one-line errors, quiet logging and the persistent
+  compilation cache."""
+  process.apply()  # Before anything starts JAX's backend.
+
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)

@@ -3,17 +3,17 @@
 Each problem is one line naming the field, the value given and what is accepted; training,
 the study and the data tool call `check` first, so a mistake costs no data loading.
 """
+from gender_jax.faces import align
+from gender_jax.models import networks
 from gender_jax import UserError
-from gender_jax import faces
-from gender_jax import models
 
 CHOICES = {
-    'model': tuple(models.REGISTRY),
-    'resize': faces.RESIZES,
-    'face_align': faces.FACE_ALIGNS,
+    'model': tuple(networks.REGISTRY),
+    'resize': align.RESIZES,
+    'face_align': align.FACE_ALIGNS,
     'face_missing': ('resize', 'drop'),
-    'custom_norm': models.NORMS,
-    'head_pooling': models.POOLINGS,
+    'custom_norm': networks.NORMS,
+    'head_pooling': networks.POOLINGS,
     'compute_dtype': ('float32', 'bfloat16', 'float16'),
     'optimizer': ('adam', 'sgd'),
     'lr_schedule': ('constant', 'cosine'),
@@ -59,8 +59,8 @@ def problems(config, num_devices=1):
       bad(field, f'a multiple of the {num_devices} devices, so every device gets a share')
   if len(config.augment_frame) != 4 or not all(0 <= x < 1 for x in config.augment_frame):
     bad('augment_frame', '4 fractions (left, top, right, bottom), each >= 0 and < 1')
-  if len(config.face_template) not in (0, 2 * faces.NUM_LANDMARKS):
-    bad('face_template', f'() (derived from the training faces) or {2 * faces.NUM_LANDMARKS} '
+  if len(config.face_template) not in (0, 2 * align.NUM_LANDMARKS):
+    bad('face_template', f'() (derived from the training faces) or {2 * align.NUM_LANDMARKS} '
         'numbers, (x, y) of each landmark')
   if not config.custom_channels or not all(c >= 1 for c in config.custom_channels):
     bad('custom_channels', 'one or more channel counts, each >= 1')
@@ -68,7 +68,7 @@ def problems(config, num_devices=1):
     bad('head_hidden', 'widths of the hidden Dense layers, each >= 1 (or () for none)')
   if found:  # The checks below need valid values of the fields above.
     return found
-  info = models.REGISTRY[config.model]
+  info = networks.REGISTRY[config.model]
   smallest = info.min_image_size(config)
   if config.image_size < smallest:
     bad('image_size', f'>= {smallest}: {config.model} halves the image {info.blocks(config)} '
@@ -79,7 +79,7 @@ def problems(config, num_devices=1):
     if config.finetune_blocks:
       bad('finetune_blocks', '() for the custom model: all of it trains')
   else:
-    names = {name.split('_')[0] for name in models.vgg16_layer_names()}
+    names = {name.split('_')[0] for name in networks.vgg16_layer_names()}
     unknown = [b for b in config.finetune_blocks if b not in names]
     if unknown:
       bad('finetune_blocks', f'block names among {", ".join(sorted(names))}')

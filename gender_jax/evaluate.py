@@ -18,14 +18,14 @@ import matplotlib
 matplotlib.use('Agg')  # Files only: no display on servers and in tests.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from gender_jax import LABELS
-from gender_jax import UserError
+from gender_jax.analysis import metrics as metrics_lib
+from gender_jax.analysis import stats
 from gender_jax import cli
-from gender_jax import inference
-from gender_jax import input_pipeline
-from gender_jax import metrics as metrics_lib
-from gender_jax import run_dir
-from gender_jax import stats
+from gender_jax.data import protocol
+from gender_jax import LABELS
+from gender_jax.training import run_dir
+from gender_jax.training import trained_run
+from gender_jax import UserError
 
 FLAGS = flags.FLAGS
 
@@ -183,18 +183,18 @@ def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=None,
     raise LabelsCsvError('--labels_csv needs --folder: its paths are relative to that folder.')
   if labels_csv:
     table, columns = read_labels_csv(labels_csv)  # Fails before the slow work.
-  trained = inference.load_trained(workdir)
+  trained = trained_run.load_trained(workdir)
   config = trained.config
   name = run_dir.evaluation_name(split, folder, data_dir, config.data_dir)
   if folder:
-    detector, _ = input_pipeline.load_detector(config)  # The run's own face pipeline.
-    data = input_pipeline.load_folder(folder, config, detector)
+    detector, _ = protocol.load_detector(config)  # The run's own face pipeline.
+    data = protocol.load_folder(folder, config, detector)
   else:
     config.data_dir = data_dir or config.data_dir
-    data = input_pipeline.load_splits(config, splits=(split,))[split]
+    data = protocol.load_splits(config, splits=(split,))[split]
   # The run's own batch size by default: the same compiled step, so a split's logits are the
   # very ones its training run evaluated.
-  logits = inference.predict_logits(trained, data.images, batch_size or config.eval_batch_size)
+  logits = trained_run.predict_logits(trained, data.images, batch_size or config.eval_batch_size)
   evaluated = folder or (split if name == split else f'{split} split of {data_dir}')
   result = {'workdir': os.path.abspath(workdir), 'evaluated': evaluated,
             'checkpoint_epoch': trained.epoch,

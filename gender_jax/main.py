@@ -12,7 +12,7 @@ import jax
 from ml_collections import config_flags
 
 from gender_jax import cli
-from gender_jax import train
+from gender_jax.training import train
 
 FLAGS = flags.FLAGS
 

@@ -19,12 +19,12 @@ from absl import flags
 import numpy as np
 from PIL import ImageDraw
 
-from gender_jax import LABELS
 from gender_jax import cli
-from gender_jax import faces
-from gender_jax import image_files
-from gender_jax import inference
-from gender_jax import input_pipeline
+from gender_jax.data import image_files
+from gender_jax.data import protocol
+from gender_jax.faces import align
+from gender_jax import LABELS
+from gender_jax.training import trained_run
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
                     '.pgm', '.pbm')
@@ -67,8 +67,8 @@ def load_image(path):
 def _face_inputs(config, detector, path, image):
   """(inputs, predictions without p_male) for every face the detector finds in a photo."""
   found = detector.detect([np.asarray(image)])[0]
-  template = np.asarray(config.face_template, np.float32).reshape(faces.NUM_LANDMARKS, 2)
-  inputs = [faces.align_face(np.asarray(image), points, template, config.image_size)
+  template = np.asarray(config.face_template, np.float32).reshape(align.NUM_LANDMARKS, 2)
+  inputs = [align.align_face(np.asarray(image), points, template, config.image_size)
             for points in found.landmarks]
   rows = [Prediction(path, 0.0, i, box, points, float(score))
           for i, (box, points, score) in enumerate(zip(found.boxes, found.landmarks,
@@ -91,7 +91,7 @@ def iter_predictions(trained, files, detector=None, batch_size=64):
         errors.append((path, f'{type(e).__name__}: {e}'))
         continue
       if detector is None:
-        inputs.append(faces.resize_image(image, config.image_size, config.resize))
+        inputs.append(align.resize_image(image, config.image_size, config.resize))
         rows.append(Prediction(path, 0.0))
         continue
       face_inputs, face_rows = _face_inputs(config, detector, path, image)
@@ -100,7 +100,7 @@ def iter_predictions(trained, files, detector=None, batch_size=64):
       inputs += face_inputs
       rows += face_rows
     if inputs:
-      p_male = inference.predict_proba(trained, np.stack(inputs), batch_size)
+      p_male = trained_run.predict_proba(trained, np.stack(inputs), batch_size)
       rows = [row._replace(p_male=float(p)) for row, p in zip(rows, p_male)]
     yield rows, errors
 
@@ -202,8 +202,8 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError('Give image files or folders to predict.')
   files, errors = find_images(argv[1:])
-  trained = inference.load_trained(FLAGS.workdir)
-  detector, _ = input_pipeline.load_detector(trained.config)
+  trained = trained_run.load_trained(FLAGS.workdir)
+  detector, _ = protocol.load_detector(trained.config)
   if FLAGS.annotate:
     if detector is None:
       raise SystemExit(f'error: --annotate needs a run trained on aligned faces; {FLAGS.workdir} '

@@ -30,11 +30,11 @@ from ml_collections import config_flags
 
 from gender_jax import cli
 from gender_jax import config_check
-from gender_jax import models as models_lib
-from gender_jax import pretrained
-from gender_jax import report
-from gender_jax import run_dir
-from gender_jax import train
+from gender_jax.models import networks as models_lib
+from gender_jax.models import pretrained
+from gender_jax.report import document
+from gender_jax.training import run_dir
+from gender_jax.training import train
 
 MODELS = tuple(models_lib.REGISTRY)
 
@@ -158,7 +158,7 @@ def run_study(points, workdir, command=None):
   study['finished'] = _now()
   run_dir.write_json(path, study)
   if jax.process_index() == 0:
-    report.write_report([workdir], workdir)
+    document.write_report([workdir], workdir)
   return study
 
 

@@ -15,6 +15,10 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 
 import pytest  # pylint: disable=g-import-not-at-top
 
+from gender_jax import process  # pylint: disable=g-import-not-at-top
+
+process.apply()  # As every command does: the tests run with the commands' CPU defaults.
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CELEBA_GENDER = REPO.parent / 'shared' / 'data' / 'celeba_gender'
 
@@ -76,7 +80,7 @@ def run_dir(tmp_path_factory, synthetic_faces):
   """A tiny custom model trained through the real training path (shared: only read, or
   evaluated into its own eval_*.json files)."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from gender_jax import train  # pylint: disable=g-import-not-at-top
+  from gender_jax.training import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('run')
   config = tiny.get_config('custom')
   config.data_dir = str(synthetic_faces)

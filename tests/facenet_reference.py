@@ -1,4 +1,4 @@
-"""facenet-pytorch's MTCNN: the reference gender_jax.face_detect is tested and timed against.
+"""facenet-pytorch's MTCNN: the reference gender_jax.faces.detect is tested and timed against.
 
 PyPI has torchvision only as CUDA builds. Next to a CPU torch (what .ci/run installs) their C++
 ops do not load, and `import torchvision` then fails registering `torchvision::nms`.

@@ -10,12 +10,14 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gender_jax import decoded
-from gender_jax import face_dataset
-from gender_jax import faces
-from gender_jax import image_files
-from gender_jax import input_pipeline
-from gender_jax import record_files
+from gender_jax.data import augment
+from gender_jax.data import batching
+from gender_jax.data import face_dataset
+from gender_jax.data import image_files
+from gender_jax.data import input_cache
+from gender_jax.data import protocol
+from gender_jax.data import record_files
+from gender_jax.faces import align
 
 # (female, male) images per split of the small folder most tests use.
 COUNTS = {'train': (12, 8), 'valid': (5, 5), 'test': (6, 4)}
@@ -62,7 +64,7 @@ def folder(tmp_path):
 
 @pytest.fixture
 def splits(folder, tmp_path):
-  return input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds'))
+  return protocol.load_splits(make_config(folder, tmp_path / 'tfds'))
 
 
 def _snapshot(root):
@@ -117,18 +119,18 @@ def test_folder_name_aliases(tmp_path):
 
 def test_flat_folder_is_split_by_seed(tmp_path):
   folder = make_folder(tmp_path / 'flat', counts={'all': (30, 20)}, flat=True)
-  loaded = input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds'))
+  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds'))
   sizes = {s: (sum(loaded[s].labels == 0), sum(loaded[s].labels == 1)) for s in loaded}
   assert sizes == {'train': (24, 16), 'valid': (3, 2), 'test': (3, 2)}  # 80/10/10 per class.
   everything = sum((loaded[s].paths for s in loaded), [])
   assert sorted(everything) == sorted(str(p.relative_to(folder)) for p in folder.rglob('*.jpg'))
-  other = input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds', seed=1))
+  other = protocol.load_splits(make_config(folder, tmp_path / 'tfds', seed=1))
   assert other['test'].paths != loaded['test'].paths
 
 
 def test_missing_folder_names_it(tmp_path):
   with pytest.raises(face_dataset.FolderError, match='nowhere.*does not exist.*data_dir'):
-    input_pipeline.load_splits(make_config(tmp_path / 'nowhere', tmp_path / 'tfds'))
+    protocol.load_splits(make_config(tmp_path / 'nowhere', tmp_path / 'tfds'))
 
 
 def test_unknown_folder_names_list_found_and_accepted(tmp_path):
@@ -154,8 +156,8 @@ def test_empty_class_folder_is_an_error(folder):
 def test_missing_split_folder_is_an_error(tmp_path):
   folder = make_folder(tmp_path / 'faces', counts={'train': (3, 3), 'valid': (2, 2)})
   with pytest.raises(face_dataset.FolderError, match='no test split folder.*testing'):
-    input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds'))
-  loaded = input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds'), splits=('train',))
+    protocol.load_splits(make_config(folder, tmp_path / 'tfds'))
+  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds'), splits=('train',))
   assert len(loaded['train']) == 6
 
 
@@ -176,7 +178,7 @@ def test_bad_files_are_reported_and_left_out(folder, tmp_path):
   (male / 'empty.jpg').write_bytes(b'')
   (male / 'text.jpg').write_text('not a picture\n')
   config = make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.2)
-  loaded = input_pipeline.load_splits(config)
+  loaded = protocol.load_splits(config)
   assert len(loaded['train']) == sum(COUNTS['train'])
   builder = face_dataset.build(config.data_dir, config.tfds_dir, config.max_bad_fraction)
   with open(face_dataset.report_path(builder)) as f:
@@ -223,7 +225,7 @@ def test_non_image_names_are_skipped_not_bad(folder, tmp_path):
              'train/male/notes.md']
   assert face_dataset.scan_folder(folder).skipped == skipped
   config = make_config(folder, tmp_path / 'tfds')  # max_bad_fraction=0.01: no bad file allowed.
-  loaded = input_pipeline.load_splits(config)
+  loaded = protocol.load_splits(config)
   assert 'train/male/UPPER.JPEG' in loaded['train'].paths
   assert len(loaded['train']) == sum(COUNTS['train']) + 1
   builder = face_dataset.build(config.data_dir, config.tfds_dir)
@@ -253,11 +255,11 @@ def test_broken_and_looping_symlinks_are_bad_files(folder, tmp_path):
              'train/male/loop.jpg': 'symbolic link loop (links to loop.jpg)',
              'train/male/up': 'symbolic link loop (links to ..)'}
   config = make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.2)
-  assert len(input_pipeline.load_splits(config)['train']) == sum(COUNTS['train'])
+  assert len(protocol.load_splits(config)['train']) == sum(COUNTS['train'])
   builder = face_dataset.build(config.data_dir, config.tfds_dir, config.max_bad_fraction)
   assert dict(builder.info.metadata['bad_files']) == reasons
   assert builder.info.metadata['skipped_files'] == ['train/male/.loop']
-  loaded = input_pipeline.load_folder(folder / 'train', make_config(folder, None),
+  loaded = protocol.load_folder(folder / 'train', make_config(folder, None),
                                       max_bad_fraction=0.2)
   assert dict(loaded.bad_files) == {k.removeprefix('train/'): v for k, v in reasons.items()}
 
@@ -265,14 +267,14 @@ def test_broken_and_looping_symlinks_are_bad_files(folder, tmp_path):
 def test_too_many_bad_files_fail_naming_the_report(folder, tmp_path):
   (folder / 'test' / 'female' / 'empty.jpg').write_bytes(b'')
   with pytest.raises(face_dataset.FolderError, match=r'1 of 41 files.*bad_files\.txt'):
-    input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds'))
+    protocol.load_splits(make_config(folder, tmp_path / 'tfds'))
 
 
 def test_class_with_only_bad_files_fails(folder, tmp_path):
   for f in (folder / 'valid' / 'male').iterdir():
     f.write_bytes(b'')
   with pytest.raises(face_dataset.FolderError, match='No decodable male images in the valid'):
-    input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.5))
+    protocol.load_splits(make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.5))
 
 
 def test_convertible_images_become_rgb(folder, tmp_path):
@@ -285,7 +287,7 @@ def test_convertible_images_become_rgb(folder, tmp_path):
   sixteen = np.full((24, 20), 65535, np.uint16)
   sixteen[:12] = 32768
   _save(Image.fromarray(sixteen), female / 'grey16.png', 'PNG')
-  loaded = input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds', image_size=20))
+  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds', image_size=20))
   train = loaded['train']
   assert len(train) == sum(COUNTS['train']) + 4
   grey16 = train.images[train.paths.index('train/female/grey16.png')]
@@ -297,18 +299,18 @@ def test_convertible_images_become_rgb(folder, tmp_path):
 
 def test_load_folder_reports_bad_files(folder):
   (folder / 'valid' / 'male' / 'empty.jpg').write_bytes(b'')
-  loaded = input_pipeline.load_folder(folder / 'valid', make_config(folder, None, image_size=16),
+  loaded = protocol.load_folder(folder / 'valid', make_config(folder, None, image_size=16),
                                      max_bad_fraction=0.2)
   assert len(loaded) == sum(COUNTS['valid'])
   assert loaded.bad_files == [('male/empty.jpg', 'empty file (0 bytes)')]
   assert loaded.paths == sorted(loaded.paths)
   assert list(loaded.labels) == [int(p.startswith('male/')) for p in loaded.paths]
   with pytest.raises(face_dataset.FolderError, match='1 of 11 files'):
-    input_pipeline.load_folder(folder / 'valid', make_config(folder, None, image_size=16))
+    protocol.load_folder(folder / 'valid', make_config(folder, None, image_size=16))
 
 
 def test_load_folder_reads_every_split(folder):
-  loaded = input_pipeline.load_folder(
+  loaded = protocol.load_folder(
       folder, make_config(folder, None, image_size=8, resize='center_crop'))
   assert len(loaded) == sum(sum(c) for c in COUNTS.values())
   assert loaded.images.shape[1:] == (8, 8, 3)
@@ -317,9 +319,10 @@ def test_load_folder_reads_every_split(folder):
 def test_command_line_prints_the_table_and_writes_the_lists(tmp_path):
   folder = make_folder(tmp_path / 'flat', counts={'all': (30, 20)}, flat=True)
   result = subprocess.run(
-      [sys.executable, '-m', 'gender_jax.input_pipeline', f'--data_dir={folder}',
-       f'--tfds_dir={tmp_path / "tfds"}', f'--workdir={tmp_path / "work"}', '--num_train=20',
-       '--num_valid=-1', '--num_test=-1', '--image_size=16'],
+      [sys.executable, '-m', 'gender_jax.data', '--config=configs/default.py',
+       f'--config.data_dir={folder}', f'--config.tfds_dir={tmp_path / "tfds"}',
+       f'--workdir={tmp_path / "work"}', '--config.num_train=20', '--config.num_valid=-1',
+       '--config.num_test=-1', '--config.image_size=16'],
       cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, check=True)
   table = [line.split() for line in result.stdout.splitlines()]
   assert ['unsplit', 'female', '30', '0', '30', '-'] in table
@@ -350,7 +353,7 @@ def test_read_only_source_is_never_written(folder, tmp_path):
   before = _snapshot(folder)
   os.chmod(folder, 0o555)  # As root this cannot stop writes, so compare the tree as well.
   try:
-    input_pipeline.load_splits(make_config(folder, tmp_path / 'tfds'), workdir=tmp_path / 'work')
+    protocol.load_splits(make_config(folder, tmp_path / 'tfds'), workdir=tmp_path / 'work')
   finally:
     os.chmod(folder, 0o755)
   assert _snapshot(folder) == before
@@ -358,9 +361,9 @@ def test_read_only_source_is_never_written(folder, tmp_path):
 
 def test_decoded_cache_is_reused(folder, tmp_path, monkeypatch):
   config = make_config(folder, tmp_path / 'tfds')
-  first = input_pipeline.load_splits(config)
-  monkeypatch.setattr(decoded, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
-  second = input_pipeline.load_splits(config)
+  first = protocol.load_splits(config)
+  monkeypatch.setattr(input_cache, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
+  second = protocol.load_splits(config)
   np.testing.assert_array_equal(first['train'].images, second['train'].images)
 
 
@@ -370,7 +373,7 @@ def test_decoded_cache_is_reused(folder, tmp_path, monkeypatch):
 def _draw(folder, tmp_path, **overrides):
   config = make_config(folder, tmp_path / 'tfds', **{
       'num_train': 10, 'num_valid': 4, 'num_test': 5, **overrides})
-  return input_pipeline.load_splits(config)
+  return protocol.load_splits(config)
 
 
 def test_protocol_is_deterministic_per_seed(folder, tmp_path):
@@ -382,7 +385,7 @@ def test_protocol_is_deterministic_per_seed(folder, tmp_path):
 def test_protocol_split_does_not_depend_on_the_others_loaded(folder, tmp_path):
   everything = _draw(folder, tmp_path)
   config = make_config(folder, tmp_path / 'tfds', num_train=10, num_valid=4, num_test=5)
-  assert input_pipeline.load_splits(config, splits=('test',))['test'].paths == \
+  assert protocol.load_splits(config, splits=('test',))['test'].paths == \
       everything['test'].paths
 
 
@@ -401,22 +404,22 @@ def test_protocol_too_large_says_what_exists(folder, tmp_path):
 
 def test_protocol_file_lists_in_workdir(folder, tmp_path):
   config = make_config(folder, tmp_path / 'tfds', num_train=10)
-  loaded = input_pipeline.load_splits(config, workdir=tmp_path / 'work')
+  loaded = protocol.load_splits(config, workdir=tmp_path / 'work')
   for name, split in loaded.items():
     lines = (tmp_path / 'work' / 'protocol' / f'{name}.txt').read_text().splitlines()
     assert lines == [f'{p}\t{l}' for p, l in zip(split.paths, split.labels)]
-  input_pipeline.load_splits(config, workdir=tmp_path / 'work')  # Same lists: fine.
+  protocol.load_splits(config, workdir=tmp_path / 'work')  # Same lists: fine.
   config.seed = 1
   with pytest.raises(ValueError, match='train.txt lists other files'):
-    input_pipeline.load_splits(config, workdir=tmp_path / 'work')
+    protocol.load_splits(config, workdir=tmp_path / 'work')
 
 
 def test_protocol_draws_same_files_for_same_paths():
   paths = [f'train/{c}/{i:03d}.jpg' for c in ('female', 'male') for i in range(50)]
   labels = np.array([0] * 50 + [1] * 50, np.int32)
   shuffled = np.random.default_rng(3).permutation(100)
-  a = input_pipeline.draw_protocol({'train': (paths, labels)}, {'train': 30}, seed=7)['train']
-  b = input_pipeline.draw_protocol(
+  a = protocol.draw_protocol({'train': (paths, labels)}, {'train': 30}, seed=7)['train']
+  b = protocol.draw_protocol(
       {'train': ([paths[i] for i in shuffled], labels[shuffled])}, {'train': 30}, seed=7)['train']
   assert [paths[i] for i in a.rows] == [paths[i] for i in shuffled[b.rows]]
 
@@ -429,21 +432,21 @@ def test_resize_stretch_and_center_crop():
   image[:10, :, 0] = 255
   image[30:, :, 2] = 255
   pil = Image.fromarray(image)
-  stretched = faces.resize_image(pil, 8, 'stretch')
-  cropped = faces.resize_image(pil, 8, 'center_crop')
+  stretched = align.resize_image(pil, 8, 'stretch')
+  cropped = align.resize_image(pil, 8, 'center_crop')
   assert stretched.shape == cropped.shape == (8, 8, 3)
   assert stretched[0, 0].tolist() == [255, 0, 0] and stretched[-1, 0].tolist() == [0, 0, 255]
   assert not cropped.any()  # The central 20x20 square is all black.
   with pytest.raises(ValueError, match='Unknown resize'):
-    faces.resize_image(pil, 8, 'squash')
+    align.resize_image(pil, 8, 'squash')
 
 
 def test_augment_shifts_with_edge_pixels_and_flips():
   image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
-  shifted = input_pipeline.augment(image, np.array([False]), np.array([[1, -1]]))
+  shifted = augment.augment(image, np.array([False]), np.array([[1, -1]]))
   np.testing.assert_array_equal(shifted[0, ..., 0], [[4, 4, 5, 6], [8, 8, 9, 10],
                                                      [12, 12, 13, 14], [12, 12, 13, 14]])
-  flipped = input_pipeline.augment(image, np.array([True]), np.array([[0, 0]]))
+  flipped = augment.augment(image, np.array([True]), np.array([[0, 0]]))
   np.testing.assert_array_equal(flipped[0], image[0, :, ::-1])
 
 
@@ -452,7 +455,7 @@ def test_augment_shifts_with_edge_pixels_and_flips():
 
 def _split(n, size=6):
   images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), np.uint8)
-  return input_pipeline.Split('train', images, np.arange(n, dtype=np.int32) % 2,
+  return batching.Split('train', images, np.arange(n, dtype=np.int32) % 2,
                               [f'{i}.jpg' for i in range(n)], '/faces')
 
 
@@ -464,10 +467,10 @@ def _concat(batches_per_process):
 def test_train_batches_do_not_depend_on_process_count():
   split = _split(50)
   kwargs = dict(seed=3, epoch=2, flip=True, shift=0.2)
-  one = list(input_pipeline.train_batches(split, 8, process_index=0, process_count=1, **kwargs))
-  two = _concat([list(input_pipeline.train_batches(split, 8, process_index=i, process_count=2,
+  one = list(batching.train_batches(split, 8, process_index=0, process_count=1, **kwargs))
+  two = _concat([list(batching.train_batches(split, 8, process_index=i, process_count=2,
                                                    **kwargs)) for i in range(2)])
-  assert len(one) == len(two) == input_pipeline.num_train_steps(split, 8) == 6
+  assert len(one) == len(two) == batching.num_train_steps(split, 8) == 6
   for a, b in zip(one, two):
     assert a.keys() == b.keys() == {'index', 'flip', 'label', 'image'}
     for k in a:
@@ -478,7 +481,7 @@ def test_train_batches_do_not_depend_on_process_count():
 
 def test_train_batches_are_seeded_per_epoch():
   split = _split(40)
-  order = lambda epoch, seed=0: np.concatenate([b['index'] for b in input_pipeline.train_batches(
+  order = lambda epoch, seed=0: np.concatenate([b['index'] for b in batching.train_batches(
       split, 8, seed=seed, epoch=epoch, flip=True, process_index=0, process_count=1)])
   np.testing.assert_array_equal(order(0), order(0))
   assert (order(0) != order(1)).any() and (order(0) != order(0, seed=1)).any()
@@ -486,7 +489,7 @@ def test_train_batches_are_seeded_per_epoch():
 
 def test_flip_flags_match_the_images():
   split = _split(64)
-  batches = list(input_pipeline.train_batches(split, 32, seed=0, epoch=0, flip=True,
+  batches = list(batching.train_batches(split, 32, seed=0, epoch=0, flip=True,
                                               process_index=0, process_count=1))
   flags = np.concatenate([b['flip'] for b in batches])
   assert 10 < flags.sum() < 54  # Random per example.
@@ -495,7 +498,7 @@ def test_flip_flags_match_the_images():
     expected = np.where(batch['flip'][:, None, None, None], original[:, :, ::-1], original)
     np.testing.assert_array_equal(batch['image'], expected)
     np.testing.assert_array_equal(batch['label'], split.labels[batch['index']])
-  no_flip = next(input_pipeline.train_batches(split, 32, seed=0, epoch=0, flip=False,
+  no_flip = next(batching.train_batches(split, 32, seed=0, epoch=0, flip=False,
                                               with_images=False, process_index=0,
                                               process_count=1))
   assert no_flip.keys() == {'index', 'flip', 'label'} and not no_flip['flip'].any()
@@ -503,14 +506,14 @@ def test_flip_flags_match_the_images():
 
 def test_train_batches_need_one_full_batch():
   with pytest.raises(ValueError, match='fewer than one batch'):
-    next(input_pipeline.train_batches(_split(5), 8, seed=0, epoch=0, flip=False,
+    next(batching.train_batches(_split(5), 8, seed=0, epoch=0, flip=False,
                                       process_index=0, process_count=1))
 
 
 @pytest.mark.parametrize('process_count', [1, 2])
 def test_eval_batches_cover_every_example_once(process_count):
   split = _split(21)
-  batches = _concat([list(input_pipeline.eval_batches(split, 8, process_index=i,
+  batches = _concat([list(batching.eval_batches(split, 8, process_index=i,
                                                       process_count=process_count))
                      for i in range(process_count)])
   assert len(batches) == 3
@@ -525,7 +528,7 @@ def test_eval_batches_cover_every_example_once(process_count):
 
 def test_batch_size_must_split_over_processes():
   with pytest.raises(ValueError, match='does not split over 3 processes'):
-    next(input_pipeline.eval_batches(_split(8), 8, process_index=0, process_count=3))
+    next(batching.eval_batches(_split(8), 8, process_index=0, process_count=3))
 
 
 # --- The real faces -----------------------------------------------------------------------------
@@ -540,7 +543,7 @@ def test_real_faces_counts(celeba_gender_dir):
 def test_real_faces_protocol(celeba_gender_dir, tmp_path):
   builder = face_dataset.build(celeba_gender_dir, tmp_path / 'tfds')
   index = {s: face_dataset.read_index(builder, s) for s in builder.info.splits}
-  drawn = input_pipeline.draw_protocol(index, {'train': 5000, 'valid': 750, 'test': 750}, seed=0)
+  drawn = protocol.draw_protocol(index, {'train': 5000, 'valid': 750, 'test': 750}, seed=0)
   assert {s: len(d.rows) for s, d in drawn.items()} == {'train': 5000, 'valid': 750, 'test': 750}
   counts = {s: np.bincount(index[s][1][d.rows]).tolist() for s, d in drawn.items()}
   assert counts == {'train': [2865, 2135], 'valid': [469, 281], 'test': [430, 320]}
@@ -557,7 +560,7 @@ def test_record_arrays_are_npy_files_read_and_written_by_row(tmp_path):
   again = record_files.RecordArray(path)
   np.testing.assert_array_equal(again[np.array([1, 3])], saved[[1, 3]])
   np.testing.assert_array_equal(again[4], saved[4])
-  rows = record_files.Rows(again, [3, 1, 0])
+  rows = batching.Rows(again, [3, 1, 0])
   np.testing.assert_array_equal(rows[1:], saved[[1, 0]])
   np.testing.assert_array_equal(np.asarray(rows.subset(np.array([True, False, True]))),
                                 saved[[3, 0]])

@@ -18,7 +18,8 @@ from PIL import Image
 import pytest
 
 import facenet_reference
-from gender_jax import face_detect, pretrained
+from gender_jax.faces import detect
+from gender_jax.models import pretrained
 from weights_convert import download, mtcnn, torch_legacy
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,12 +59,12 @@ def reference(pt_dir):  # pylint: disable=unused-argument,redefined-outer-name
 
 @pytest.fixture(scope='module')
 def detector(mtcnn_weights):
-  return face_detect.load_detector(mtcnn_weights)
+  return detect.load_detector(mtcnn_weights)
 
 
 @pytest.fixture(scope='module')
 def params(mtcnn_weights):
-  return face_detect.load_params(mtcnn_weights)[0]
+  return detect.load_params(mtcnn_weights)[0]
 
 
 def _photos(folder, pattern, count):
@@ -92,8 +93,8 @@ def _collage():
 def _reference_faces(reference, image):  # pylint: disable=redefined-outer-name
   boxes, scores, points = reference.detect(image, landmarks=True)
   if boxes is None:
-    return face_detect.no_faces()
-  return face_detect.Faces(*(np.asarray(a, np.float32) for a in (boxes, scores, points)))
+    return detect.no_faces()
+  return detect.Faces(*(np.asarray(a, np.float32) for a in (boxes, scores, points)))
 
 
 def _assert_same_faces(got, expected):
@@ -188,7 +189,7 @@ def test_wheel_and_pt_dir_give_the_same_params(facenet_wheel, pt_dir, tmp_path, 
   wheel_sha = hashlib.sha256(facenet_wheel.read_bytes()).hexdigest()
   assert f'sha256 {wheel_sha}' in out
   assert convert_cli('--source', 'mtcnn', '--pt-dir', pt_dir, '--out', tmp_path / 'b')[0] == 0
-  (a, meta_a), (b, meta_b) = (face_detect.load_params(tmp_path / n) for n in 'ab')
+  (a, meta_a), (b, meta_b) = (detect.load_params(tmp_path / n) for n in 'ab')
   for key, value in traverse_util.flatten_dict(a).items():
     np.testing.assert_array_equal(value, traverse_util.flatten_dict(b)[key])
   pt_sha = {n: hashlib.sha256((pt_dir / n).read_bytes()).hexdigest()
@@ -211,7 +212,7 @@ def test_download_fetches_the_pinned_wheel_and_converts_it(facenet_wheel, monkey
                         tmp_path / 'cache', '--out', tmp_path / 'w')
   assert status == 0, err
   assert [p.name for p in (tmp_path / 'cache').iterdir()] == [facenet_wheel.name]
-  assert face_detect.load_params(tmp_path / 'w')[1]['wheel_sha256'] == digest
+  assert detect.load_params(tmp_path / 'w')[1]['wheel_sha256'] == digest
 
 
 def test_download_offline_names_the_manual_route(monkeypatch, tmp_path):
@@ -292,7 +293,7 @@ def test_mtcnn_inputs_are_refused_for_vgg16_sources(facenet_wheel, tmp_path, con
 
 def test_load_of_a_missing_folder_names_it_and_the_command(tmp_path):
   with pytest.raises(pretrained.MissingWeightsError) as error:
-    face_detect.load_detector(tmp_path / 'nowhere')
+    detect.load_detector(tmp_path / 'nowhere')
   message = str(error.value)
   assert '\n' not in message
   assert f'python -m weights_convert --source mtcnn --download --out {tmp_path}/nowhere' in message
@@ -303,7 +304,7 @@ def test_load_refuses_other_weights_and_suggests_another_folder(tmp_path, monkey
   (tmp_path / 'params').mkdir()
   (tmp_path / 'metadata.json').write_text('{"source": "vggface", "architecture": "vgg16"}')
   with pytest.raises(pretrained.WeightsMismatchError) as error:
-    face_detect.load_params(tmp_path)
+    detect.load_params(tmp_path)
   message = str(error.value)
   assert '\n' not in message and "holds 'vggface' weights" in message
   assert f'--out {tmp_path} ' not in message  # That would replace the vggface weights.
@@ -321,8 +322,8 @@ def test_networks_equal_facenet_pytorchs(params, reference):  # pylint: disable=
   torch = _torch()
   rng = np.random.default_rng(0)
   # P-Net on an odd size: ceil-mode pooling's partial window; R-/O-Net: the flatten order.
-  for name, net, size in (('pnet', face_detect.PNet(), (31, 26)), ('rnet', face_detect.RNet(),
-                          (24, 24)), ('onet', face_detect.ONet(), (48, 48))):
+  for name, net, size in (('pnet', detect.PNet(), (31, 26)), ('rnet', detect.RNet(),
+                          (24, 24)), ('onet', detect.ONet(), (48, 48))):
     x = rng.uniform(-1, 1, (3, *size, 3)).astype(np.float32)
     with torch.no_grad():
       expected = getattr(reference, name)(torch.as_tensor(x).permute(0, 3, 1, 2))
@@ -338,7 +339,7 @@ def test_networks_equal_facenet_pytorchs(params, reference):  # pylint: disable=
 @pytest.mark.parametrize('size', [(301, 157), (45, 33)])  # Tiled; padded to a size bucket.
 def test_pnet_in_tiles_and_buckets_equals_pnet_on_the_whole_level(size, detector, params):  # pylint: disable=redefined-outer-name
   level = np.random.default_rng(1).uniform(-1, 1, (2, *size, 3)).astype(np.float32)
-  reg, prob = face_detect.PNet().apply({'params': params['pnet']}, level)
+  reg, prob = detect.PNet().apply({'params': params['pnet']}, level)
   got_prob, got_reg = detector._pnet_level(level)  # pylint: disable=protected-access
   np.testing.assert_allclose(got_prob, prob[..., 1], atol=1e-5)
   np.testing.assert_allclose(got_reg, reg, atol=1e-5)
@@ -347,17 +348,17 @@ def test_pnet_in_tiles_and_buckets_equals_pnet_on_the_whole_level(size, detector
 def test_area_resize_is_torchs_area_interpolation_bit_for_bit():
   torch = _torch()
   images = np.random.default_rng(2).integers(0, 256, (3, 109, 89, 3), dtype=np.uint8)
-  table = face_detect.summed_area(images)
+  table = detect.summed_area(images)
   as_torch = torch.as_tensor(images).permute(0, 3, 1, 2).float()
   for h, w in [(66, 54), (17, 14), (200, 150)]:  # Pyramid levels, and an enlargement.
     expected = torch.nn.functional.interpolate(as_torch, size=(h, w), mode='area')
-    got = face_detect.area_resize(table, np.arange(3), face_detect.area_windows(109, h),
-                                  face_detect.area_windows(89, w))
+    got = detect.area_resize(table, np.arange(3), detect.area_windows(109, h),
+                                  detect.area_windows(89, w))
     np.testing.assert_array_equal(got, expected.permute(0, 2, 3, 1).numpy())
   crops = [(0, 5, 80, 7, 70), (2, 30, 50, 0, 89), (1, 100, 109, 80, 89)]  # image, y, ey, x, ex
   image, y, ey, x, ex = (np.array(c) for c in zip(*crops))
-  got = face_detect.area_resize(table, image, face_detect.area_windows(ey - y, 24, y),
-                                face_detect.area_windows(ex - x, 24, x))
+  got = detect.area_resize(table, image, detect.area_windows(ey - y, 24, y),
+                                detect.area_windows(ex - x, 24, x))
   for g, (i, y0, y1, x0, x1) in zip(got, crops):
     expected = torch.nn.functional.interpolate(as_torch[i:i + 1, :, y0:y1, x0:x1], (24, 24),
                                                mode='area')
@@ -379,13 +380,13 @@ def test_nms_is_torchvisions(reference):  # pylint: disable=unused-argument,rede
   for threshold in (0.5, 0.7):
     boxes, scores = _random_boxes(rng, 300)
     expected = torchvision.ops.nms(torch.as_tensor(boxes), torch.as_tensor(scores), threshold)
-    np.testing.assert_array_equal(face_detect.nms(boxes, scores, threshold), expected.numpy())
+    np.testing.assert_array_equal(detect.nms(boxes, scores, threshold), expected.numpy())
 
 
 def test_nms_min_is_facenet_pytorchs(reference):  # pylint: disable=unused-argument,redefined-outer-name
   from facenet_pytorch.models.utils import detect_face  # pylint: disable=g-import-not-at-top
   boxes, scores = _random_boxes(np.random.default_rng(4), 300)
-  np.testing.assert_array_equal(face_detect.nms_min(boxes, scores, 0.7),
+  np.testing.assert_array_equal(detect.nms_min(boxes, scores, 0.7),
                                 detect_face.nms_numpy(boxes, scores, 0.7, 'Min'))
 
 
@@ -432,7 +433,7 @@ def test_images_of_several_sizes_keep_their_order(detector):  # pylint: disable=
 def test_faces_are_float32_arrays_highest_score_first(detector):  # pylint: disable=redefined-outer-name
   found = detector.detect([_collage(), np.zeros((64, 64, 3), np.uint8)])
   for faces, n in zip(found, (5, 0)):
-    assert isinstance(faces, face_detect.Faces)
+    assert isinstance(faces, detect.Faces)
     assert [a.shape for a in faces] == [(n, 4), (n,), (n, 5, 2)]
     assert all(a.dtype == np.float32 for a in faces)
     assert np.all(np.diff(faces.scores) <= 0)

@@ -3,10 +3,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gender_jax import decoded
-from gender_jax import face_detect
-from gender_jax import faces
-from gender_jax import input_pipeline
+from gender_jax.data import augment
+from gender_jax.data import batching
+from gender_jax.data import input_cache
+from gender_jax.data import protocol
+from gender_jax.faces import align
+from gender_jax.faces import detect
 
 # Typical landmarks of a CelebA crop, 89x109 (eyes, nose, mouth corners).
 CELEBA_POINTS = np.array([[31.0, 53.0], [57.0, 53.0], [44.0, 66.0], [33.0, 79.0], [55.0, 79.0]])
@@ -20,13 +22,13 @@ def _rotation(degrees):
 def test_similarity_transform_recovers_rotation_scale_and_shift():
   linear = 1.7 * _rotation(25)
   dst = CELEBA_POINTS @ linear.T + [4.0, -9.0]
-  matrix = faces.similarity_transform(CELEBA_POINTS, dst)
+  matrix = align.similarity_transform(CELEBA_POINTS, dst)
   np.testing.assert_allclose(matrix, np.hstack([linear, [[4.0], [-9.0]]]), atol=1e-9)
 
 
 def test_similarity_transform_never_reflects():
   mirrored = CELEBA_POINTS * [-1.0, 1.0]
-  matrix = faces.similarity_transform(CELEBA_POINTS, mirrored)
+  matrix = align.similarity_transform(CELEBA_POINTS, mirrored)
   assert np.linalg.det(matrix[:, :2]) > 0
 
 
@@ -54,12 +56,12 @@ def _centres(image, near, radius=6):
 @pytest.mark.parametrize('degrees,scale', [(0, 1.0), (20, 1.0), (-15, 2.5), (10, 0.5)])
 def test_align_face_puts_the_landmarks_on_the_template(degrees, scale):
   # A centre crop keeps the face's proportions, so a similarity can meet the template exactly.
-  template = faces.derive_template(CELEBA_POINTS[None], [(89, 109)], resize='center_crop')
+  template = align.derive_template(CELEBA_POINTS[None], [(89, 109)], resize='center_crop')
   # The same face seen rotated, scaled and moved in a larger photo.
   linear = scale * _rotation(degrees)
   pixels = np.round((CELEBA_POINTS - 50) @ linear.T + [120, 100])
   photo = _dots(pixels, (220, 260), radius=max(1, round(2 * scale)))
-  aligned = faces.align_face(photo, pixels + 0.5, template, 80)  # Pixel centres are at +0.5.
+  aligned = align.align_face(photo, pixels + 0.5, template, 80)  # Pixel centres are at +0.5.
   assert aligned.shape == (80, 80, 3) and aligned.dtype == np.uint8
   np.testing.assert_allclose(_centres(aligned, template * 80), template * 80, atol=1.0)
 
@@ -67,43 +69,43 @@ def test_align_face_puts_the_landmarks_on_the_template(degrees, scale):
 def test_warp_repeats_edge_pixels_outside_the_image():
   image = np.zeros((10, 10, 3), np.uint8)
   image[:, -1] = 200  # A bright right edge.
-  shifted = faces.warp_affine(image, np.array([[1.0, 0, -5], [0, 1.0, 0]]), 10)
+  shifted = align.warp_affine(image, np.array([[1.0, 0, -5], [0, 1.0, 0]]), 10)
   assert (shifted[:, 4:] == 200).all()  # Beyond the old right edge: the edge repeated.
   assert (shifted[:, :3] == 0).all()
 
 
 def test_identity_warp_keeps_the_image():
   image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-  np.testing.assert_array_equal(faces.warp_affine(image, np.eye(2, 3), 16), image)
+  np.testing.assert_array_equal(align.warp_affine(image, np.eye(2, 3), 16), image)
 
 
 def test_template_of_aligned_crops_matches_what_resize_shows():
-  template = faces.derive_template([CELEBA_POINTS] * 3, [(89, 109)] * 3, resize='stretch')
+  template = align.derive_template([CELEBA_POINTS] * 3, [(89, 109)] * 3, resize='stretch')
   np.testing.assert_allclose(template, CELEBA_POINTS / [89, 109], atol=1e-6)
-  cropped = faces.derive_template([CELEBA_POINTS], [(89, 109)], resize='center_crop')
+  cropped = align.derive_template([CELEBA_POINTS], [(89, 109)], resize='center_crop')
   np.testing.assert_allclose(cropped, (CELEBA_POINTS - [0, 10]) / 89, atol=1e-6)
 
 
 def test_template_zoom_scales_about_the_landmarks_centre():
-  plain = faces.derive_template([CELEBA_POINTS], [(89, 109)])
-  zoomed = faces.derive_template([CELEBA_POINTS], [(89, 109)], zoom=1.5)
+  plain = align.derive_template([CELEBA_POINTS], [(89, 109)])
+  zoomed = align.derive_template([CELEBA_POINTS], [(89, 109)], zoom=1.5)
   np.testing.assert_allclose(zoomed.mean(0), plain.mean(0), atol=1e-6)
   np.testing.assert_allclose(zoomed - zoomed.mean(0), 1.5 * (plain - plain.mean(0)), atol=1e-6)
 
 
 def test_no_training_face_is_an_error():
   with pytest.raises(ValueError, match='No training face'):
-    faces.derive_template(np.zeros((0, 5, 2)), np.zeros((0, 2)))
+    align.derive_template(np.zeros((0, 5, 2)), np.zeros((0, 2)))
 
 
 def test_largest_face_is_the_subject():
-  found = face_detect.Faces(boxes=np.array([[0, 0, 10, 10], [5, 5, 40, 50], [0, 0, 20, 20]],
+  found = detect.Faces(boxes=np.array([[0, 0, 10, 10], [5, 5, 40, 50], [0, 0, 20, 20]],
                                            np.float32),
                             scores=np.array([0.99, 0.9, 0.95], np.float32),
                             landmarks=np.zeros((3, 5, 2), np.float32))
-  assert faces.largest_face(found) == 1
-  none = face_detect.Faces(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0, 5, 2)))
-  assert faces.largest_face(none) is None
+  assert align.largest_face(found) == 1
+  none = detect.Faces(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0, 5, 2)))
+  assert align.largest_face(none) is None
 
 
 # --- Jitter of training images -------------------------------------------------------------------
@@ -111,27 +113,27 @@ def test_largest_face_is_the_subject():
 
 def _split(n=16, size=12):
   rng = np.random.default_rng(0)
-  return input_pipeline.Split('train', rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+  return batching.Split('train', rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
                               np.arange(n, dtype=np.int32) % 2, [f'{i}.jpg' for i in range(n)],
                               '.')
 
 
 def _batches(split, **kwargs):
-  return [b['image'] for b in input_pipeline.train_batches(split, 8, seed=3, epoch=1, flip=True,
+  return [b['image'] for b in batching.train_batches(split, 8, seed=3, epoch=1, flip=True,
                                                            shift=0.1, **kwargs)]
 
 
 def test_no_jitter_leaves_flips_and_shifts_as_they_were():
   split = _split()
   plain = _batches(split)
-  off = _batches(split, jitter=input_pipeline.Jitter())
+  off = _batches(split, jitter=augment.Jitter())
   for a, b in zip(plain, off):
     np.testing.assert_array_equal(a, b)
 
 
 def test_jitter_is_drawn_from_seed_and_epoch():
   split = _split()
-  jitter = input_pipeline.Jitter(scale=0.2, aspect=0.1, rotate=15, brightness=0.3, contrast=0.3,
+  jitter = augment.Jitter(scale=0.2, aspect=0.1, rotate=15, brightness=0.3, contrast=0.3,
                                  saturation=0.3)
   first, again = _batches(split, jitter=jitter), _batches(split, jitter=jitter)
   for a, b in zip(first, again):
@@ -142,10 +144,10 @@ def test_jitter_is_drawn_from_seed_and_epoch():
 def test_colour_jitter_of_one_is_identity_and_brightness_scales():
   images = _split().images[:]
   ones = np.ones((len(images), 6))
-  np.testing.assert_array_equal(input_pipeline.jitter_colour(images, ones), images)
+  np.testing.assert_array_equal(augment.jitter_colour(images, ones), images)
   darker = ones.copy()
   darker[:, 3] = 0.5
-  np.testing.assert_allclose(input_pipeline.jitter_colour(images, darker),
+  np.testing.assert_allclose(augment.jitter_colour(images, darker),
                              np.rint(images * 0.5), atol=1)
 
 
@@ -153,7 +155,7 @@ def test_rotating_jitter_turns_the_image_about_its_centre():
   image = np.zeros((1, 21, 21, 3), np.uint8)
   image[0, 10, 15:] = 255  # A bar from the centre to the right edge.
   factors = np.array([[1.0, 1.0, np.pi / 2, 1.0, 1.0, 1.0]])
-  turned = input_pipeline.jitter_geometry(image, factors)[0]
+  turned = augment.jitter_geometry(image, factors)[0]
   assert turned[15:, 10].mean() > 200  # Now from the centre down (y grows downwards).
   assert turned[10, 15:].mean() < 50
 
@@ -174,11 +176,11 @@ class DotDetector:
     for image in images:
       height, width = image.shape[:2]
       if image.mean() < 60:
-        found.append(face_detect.Faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+        found.append(detect.Faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                                        np.zeros((0, 5, 2), np.float32)))
         continue
       points = (CELEBA_POINTS / [89, 109] * [width, height]).astype(np.float32)
-      found.append(face_detect.Faces(np.array([[0, 0, width, height]], np.float32),
+      found.append(detect.Faces(np.array([[0, 0, width, height]], np.float32),
                                      np.ones(1, np.float32), points[None]))
     return found
 
@@ -195,7 +197,7 @@ def _aligned_config(data_dir, tfds_dir, **overrides):
 @pytest.fixture
 def dot_detector(monkeypatch):
   detector = DotDetector()
-  monkeypatch.setattr(input_pipeline, 'load_detector', lambda config: (detector, 'dots'))
+  monkeypatch.setattr(protocol, 'load_detector', lambda config: (detector, 'dots'))
   return detector
 
 
@@ -206,8 +208,8 @@ def _dark(folder, rel):
 def test_template_is_derived_from_training_faces_and_recorded(synthetic_faces, tmp_path,
                                                               dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  splits = input_pipeline.load_splits(config)
-  expected = faces.derive_template([CELEBA_POINTS / [89, 109] * [24, 28]], [(24, 28)],
+  splits = protocol.load_splits(config)
+  expected = align.derive_template([CELEBA_POINTS / [89, 109] * [24, 28]], [(24, 28)],
                                    'center_crop')
   np.testing.assert_allclose(np.reshape(config.face_template, (5, 2)), expected, atol=1e-5)
   assert splits['train'].images.shape[1:] == (16, 16, 3)
@@ -217,11 +219,11 @@ def test_template_is_derived_from_training_faces_and_recorded(synthetic_faces, t
 def test_landmarks_and_aligned_images_are_cached(synthetic_faces, tmp_path, dot_detector,
                                                  monkeypatch):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  first = input_pipeline.load_splits(config)
+  first = protocol.load_splits(config)
   calls = dot_detector.calls
   assert calls == sum(len(s) for s in first.values())
-  monkeypatch.setattr(decoded, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
-  second = input_pipeline.load_splits(config)
+  monkeypatch.setattr(input_cache, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
+  second = protocol.load_splits(config)
   assert dot_detector.calls == calls
   np.testing.assert_array_equal(first['test'].images, second['test'].images)
 
@@ -241,13 +243,13 @@ class BatchRecordingDetector(DotDetector):
 def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_faces, tmp_path,
                                                                  monkeypatch):
   # Batched detection rounds differently with another batch: a block must always be the same.
-  monkeypatch.setattr(decoded, '_DETECT_WINDOW', 8)
+  monkeypatch.setattr(input_cache, '_DETECT_WINDOW', 8)
   detectors = []
   for order, tfds in (([4, 20], 'a'), ([20, 4], 'b')):  # Two protocols, asked in either order.
     detector = BatchRecordingDetector()
-    monkeypatch.setattr(input_pipeline, 'load_detector', lambda config, d=detector: (d, 'dots'))
+    monkeypatch.setattr(protocol, 'load_detector', lambda config, d=detector: (d, 'dots'))
     for num_train in order:
-      input_pipeline.load_splits(
+      protocol.load_splits(
           _aligned_config(synthetic_faces, tmp_path / tfds, num_train=num_train), splits=('train',))
     detectors.append(detector)
   a, b = (sorted(map(tuple, d.batches)) for d in detectors)
@@ -258,17 +260,17 @@ def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_fac
 def test_caches_of_other_weights_or_an_older_face_finding_are_not_reused(monkeypatch):
   # A change that moves landmarks bumps FACE_FINDING_VERSION: faces found before are found again.
   weights = {'pt_sha256': {'pnet.pt': 'a', 'rnet.pt': 'b', 'onet.pt': 'c'}}
-  current = decoded.detector_id(weights)
-  assert decoded.detector_id(dict(weights)) == current
-  assert decoded.detector_id({'pt_sha256': {**weights['pt_sha256'], 'onet.pt': 'd'}}) != current
-  monkeypatch.setattr(decoded, 'FACE_FINDING_VERSION', decoded.FACE_FINDING_VERSION + 1)
-  assert decoded.detector_id(weights) != current
+  current = input_cache.detector_id(weights)
+  assert input_cache.detector_id(dict(weights)) == current
+  assert input_cache.detector_id({'pt_sha256': {**weights['pt_sha256'], 'onet.pt': 'd'}}) != current
+  monkeypatch.setattr(input_cache, 'FACE_FINDING_VERSION', input_cache.FACE_FINDING_VERSION + 1)
+  assert input_cache.detector_id(weights) != current
 
 
 def test_another_template_makes_other_images(synthetic_faces, tmp_path, dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  plain = input_pipeline.load_splits(config)['train'].images[:]
-  zoomed = input_pipeline.load_splits(_aligned_config(synthetic_faces, tmp_path / 'tfds',
+  plain = protocol.load_splits(config)['train'].images[:]
+  zoomed = protocol.load_splits(_aligned_config(synthetic_faces, tmp_path / 'tfds',
                                                       face_zoom=1.5))['train'].images[:]
   assert (plain != zoomed).any()
 
@@ -279,7 +281,7 @@ def test_images_without_a_face_are_listed_and_handled(tmp_path, dot_detector, ho
   folder = conftest.write_synthetic_faces(tmp_path / 'faces')
   _dark(folder, 'test/male/test_male_000.jpg')
   config = _aligned_config(folder, tmp_path / 'tfds', face_missing=how)
-  splits = input_pipeline.load_splits(config, workdir=tmp_path / 'work')
+  splits = protocol.load_splits(config, workdir=tmp_path / 'work')
   test = splits['test']
   assert test.no_face == ['test/male/test_male_000.jpg']
   assert ('test/male/test_male_000.jpg' in test.paths) == (how == 'resize')
@@ -292,26 +294,28 @@ def test_evaluation_without_train_split_needs_the_runs_template(synthetic_faces,
                                                                 dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
   with pytest.raises(ValueError, match='face_template is empty'):
-    input_pipeline.load_splits(config, splits=('test',))
+    protocol.load_splits(config, splits=('test',))
 
 
 def test_folder_faces_are_aligned_like_the_dataset(synthetic_faces, tmp_path, dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  test = input_pipeline.load_splits(config)['test']
-  folder = input_pipeline.load_folder(synthetic_faces / 'test', config, dot_detector)
+  test = protocol.load_splits(config)['test']
+  folder = protocol.load_folder(synthetic_faces / 'test', config, dot_detector)
   np.testing.assert_array_equal(folder.images, test.images)
 
 
 def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, tmp_path,
                                                                dot_detector):
   import csv  # pylint: disable=g-import-not-at-top
-  from gender_jax import evaluate, inference, predict, train  # pylint: disable=g-import-not-at-top
+  from gender_jax import evaluate, predict
+  from gender_jax.training import trained_run
+  from gender_jax.training import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds', num_train=32, num_valid=16,
                            num_test=16, image_size=32)
   results = train.train_and_evaluate(config, str(workdir))
   assert len(results['config']['face_template']) == 10
-  trained = inference.load_trained(str(workdir))
+  trained = trained_run.load_trained(str(workdir))
   assert tuple(trained.config.face_template) == tuple(config.face_template)
 
   with open(workdir / 'predictions_test.csv', newline='') as f:
@@ -329,15 +333,15 @@ def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, 
   on_test = evaluate.evaluate(str(workdir), split='test')
   assert on_test['metrics']['accuracy'] == pytest.approx(results['metrics']['accuracy'])
 
-  from gender_jax import report  # pylint: disable=g-import-not-at-top
-  report.write_report([str(workdir)], str(tmp_path / 'report'))
+  from gender_jax.report import document  # pylint: disable=g-import-not-at-top
+  document.write_report([str(workdir)], str(tmp_path / 'report'))
   assert '| mtcnn-aligned, zoom 1.0 |' in (tmp_path / 'report' / 'report.md').read_text()
 
 
 def test_frame_jitter_repeats_the_pixels_at_each_cut():
   images = _split(n=1, size=20).images[:]
   factors = np.array([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.1, 0.25, 0.0, 0.2]])
-  framed = input_pipeline.jitter_frame(images, factors)[0]
+  framed = augment.jitter_frame(images, factors)[0]
   np.testing.assert_array_equal(framed[5:16, 2:], images[0, 5:16, 2:])  # Inside: unchanged.
   assert (framed[:5] == framed[5]).all()  # Top 25% cut: the first kept row repeated.
   assert (framed[16:] == framed[15]).all()  # Bottom 20%.
@@ -345,7 +349,7 @@ def test_frame_jitter_repeats_the_pixels_at_each_cut():
 
 
 def test_frame_jitter_touches_about_half_the_images():
-  factors = input_pipeline.Jitter(frame=(0.1, 0.3, 0.1, 0.1)).draw(np.random.default_rng(0), 1000)
+  factors = augment.Jitter(frame=(0.1, 0.3, 0.1, 0.1)).draw(np.random.default_rng(0), 1000)
   framed = factors[:, 6:].any(axis=1)
   assert 0.45 < framed.mean() < 0.55
   assert (factors[:, 7] <= 0.3).all() and factors[:, 7].max() > 0.25

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from gender_jax import metrics
-from gender_jax import stats
+from gender_jax.analysis import metrics
+from gender_jax.analysis import stats
 
 
 def test_counts_precision_recall_f1_by_hand():

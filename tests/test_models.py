@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import tiny
-from gender_jax import models
+from gender_jax.models import networks
 
 
 def shapes(tree):
@@ -12,10 +12,10 @@ def shapes(tree):
 
 
 def test_vgg16_base_has_keras_layer_names_and_shapes():
-  variables = jax.eval_shape(models.VGG16Base().init, jax.random.PRNGKey(0),
+  variables = jax.eval_shape(networks.VGG16Base().init, jax.random.PRNGKey(0),
                              jnp.zeros((1, 224, 224, 3)))
   params = variables['params']
-  assert sorted(params) == sorted(models.vgg16_layer_names())
+  assert sorted(params) == sorted(networks.vgg16_layer_names())
   assert shapes(params['block1_conv1']) == {'kernel': (3, 3, 3, 64), 'bias': (64,)}
   assert shapes(params['block5_conv3']) == {'kernel': (3, 3, 512, 512), 'bias': (512,)}
   assert sum(x.size for x in jax.tree.leaves(params)) == 14_714_688  # Keras VGG16 notop.
@@ -23,18 +23,18 @@ def test_vgg16_base_has_keras_layer_names_and_shapes():
 
 @pytest.mark.parametrize('size,out', [(224, 7), (32, 1), (112, 3)])
 def test_vgg16_base_output_size(size, out):
-  y = jax.eval_shape(lambda: models.VGG16Base().init_with_output(
+  y = jax.eval_shape(lambda: networks.VGG16Base().init_with_output(
       jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)))[0])
   assert y.shape == (2, out, out, 512)
 
 
 def test_vgg16_base_rejects_inputs_under_32px():
   with pytest.raises(ValueError, match='at least 32x32'):
-    models.VGG16Base().init(jax.random.PRNGKey(0), jnp.zeros((1, 31, 31, 3)))
+    networks.VGG16Base().init(jax.random.PRNGKey(0), jnp.zeros((1, 31, 31, 3)))
 
 
 def test_vgg16_base_computes_in_bfloat16_when_asked():
-  y, _ = models.VGG16Base(dtype=jnp.bfloat16).init_with_output(
+  y, _ = networks.VGG16Base(dtype=jnp.bfloat16).init_with_output(
       jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   assert y.dtype == jnp.bfloat16
 
@@ -42,7 +42,7 @@ def test_vgg16_base_computes_in_bfloat16_when_asked():
 @pytest.mark.parametrize('model', ['custom', 'vgg16'])
 def test_classifier_params_are_base_and_head_and_output_one_logit(model):
   config = tiny.get_config(model)
-  classifier = models.create_model(config, 'caffe_imagenet')
+  classifier = networks.create_model(config, 'caffe_imagenet')
   images = jnp.zeros((3, 32, 32, 3), jnp.uint8)
   logits, variables = classifier.init_with_output(jax.random.PRNGKey(0), images)
   assert set(variables['params']) == {'base', 'head'}
@@ -50,7 +50,7 @@ def test_classifier_params_are_base_and_head_and_output_one_logit(model):
 
 
 def test_dropout_only_in_training():
-  head = models.DenseHead(hidden=(16,), dropout_rate=0.5)
+  head = networks.DenseHead(hidden=(16,), dropout_rate=0.5)
   x = jnp.ones((4, 2, 2, 8))
   params = head.init(jax.random.PRNGKey(0), x)
   assert (head.apply(params, x) == head.apply(params, x)).all()
@@ -61,7 +61,7 @@ def test_dropout_only_in_training():
 
 @pytest.mark.parametrize('rate', [0.0, 0.5])
 def test_input_dropout_drops_the_pooled_features_in_training(rate):
-  head = models.DenseHead(hidden=(), input_dropout_rate=rate)  # Features -> logit directly.
+  head = networks.DenseHead(hidden=(), input_dropout_rate=rate)  # Features -> logit directly.
   x = jnp.ones((4, 2, 2, 8))
   params = head.init(jax.random.PRNGKey(0), x)
   trained = head.apply(params, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)})
@@ -70,12 +70,12 @@ def test_input_dropout_drops_the_pooled_features_in_training(rate):
 
 def test_pretrained_model_needs_its_preprocessing():
   with pytest.raises(ValueError, match='preprocessing'):
-    models.create_model(tiny.get_config('vggface'))
+    networks.create_model(tiny.get_config('vggface'))
 
 
 @pytest.mark.parametrize('norm,has_norm', [('none', False), ('group', True), ('batch', True)])
 def test_custom_base_norm_is_a_choice(norm, has_norm):
-  base = models.CustomBase(channels=(8, 16), convs_per_block=2, norm=norm)
+  base = networks.CustomBase(channels=(8, 16), convs_per_block=2, norm=norm)
   variables = base.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
   params = variables['params']
   assert {'block1_conv1', 'block1_conv2', 'block2_conv2'} <= set(params)
@@ -85,7 +85,7 @@ def test_custom_base_norm_is_a_choice(norm, has_norm):
 
 
 def test_batch_norm_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
-  base = models.CustomBase(channels=(8,), norm='batch')
+  base = networks.CustomBase(channels=(8,), norm='batch')
   x = jax.random.uniform(jax.random.PRNGKey(0), (8, 8, 8, 3))
   variables = base.init(jax.random.PRNGKey(1), x)
   # Evaluation: each image's output does not depend on the rest of its batch.
@@ -101,14 +101,14 @@ def test_batch_norm_uses_batch_statistics_in_training_and_running_ones_in_evalua
 @pytest.mark.parametrize('shape', [(2, 8, 8, 3), (1, 7, 9, 2)])
 def test_max_pool_2x2_equals_flax_max_pool_valid(shape):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
-  expected = models.nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
-  assert (models.max_pool_2x2(x) == expected).all()
+  expected = networks.nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  assert (networks.max_pool_2x2(x) == expected).all()
 
 
 def test_custom_base_with_group_norm_has_finite_jitted_gradients():
   # A reduce-max pool gave NaN here: XLA recomputed the fused GroupNorm in the backward pass
   # with different rounding, so no window element equalled the max (a 0/0 in its gradient).
-  base = models.CustomBase(channels=(32, 64, 128), norm='group')
+  base = networks.CustomBase(channels=(32, 64, 128), norm='group')
   x = jax.random.uniform(jax.random.PRNGKey(0), (16, 40, 40, 3))
   params = base.init(jax.random.PRNGKey(1), x)['params']
   grads = jax.jit(jax.grad(lambda p: base.apply({'params': p}, x).sum()))(params)

@@ -9,11 +9,11 @@ from PIL import Image
 import pytest
 
 from configs import custom
+from gender_jax.data import protocol
 from gender_jax import LABELS
-from gender_jax import inference
-from gender_jax import input_pipeline
 from gender_jax import predict
-from gender_jax import train
+from gender_jax.training import train
+from gender_jax.training import trained_run
 
 
 @pytest.fixture(scope='module')
@@ -29,8 +29,8 @@ def face_run(tmp_path_factory, celeba_gender_dir, mtcnn_weights):
                      augment_frame=(0.0, 0.0, 0.0, 0.0)))
   assert config.face_align == 'mtcnn'
   results = train.train_and_evaluate(config, str(workdir))
-  trained = inference.load_trained(str(workdir))
-  detector, _ = input_pipeline.load_detector(trained.config)
+  trained = trained_run.load_trained(str(workdir))
+  detector, _ = protocol.load_detector(trained.config)
   return trained, detector, results
 
 

@@ -9,15 +9,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gender_jax import inference
 from gender_jax import predict
+from gender_jax.training import trained_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def trained(run_dir):
-  return inference.load_trained(str(run_dir))
+  return trained_run.load_trained(str(run_dir))
 
 
 def _face(height=109, width=89):

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gender_jax import preprocessing
+from gender_jax.models import preprocessing
 
 # One RGB pixel (R, G, B) = (10, 20, 30): the Caffe-style names reorder to BGR (30, 20, 10) and
 # subtract their per-channel BGR means.

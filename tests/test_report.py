@@ -8,10 +8,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gender_jax import metrics
-from gender_jax import report
-from gender_jax import run_dir
-from gender_jax import stats
+from gender_jax.analysis import metrics
+from gender_jax.analysis import stats
+from gender_jax.report import document
+from gender_jax.training import run_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ('## Setup', '## Results', '## Learning curves', '## Confusion matrices and ROC curves',
@@ -80,7 +80,7 @@ def study_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def report_text(study_dir):
-  return report.write_report([study_dir], study_dir).read_text()
+  return document.write_report([study_dir], study_dir).read_text()
 
 
 def test_report_has_every_section_figure_and_a_row_per_model(study_dir, report_text):
@@ -114,31 +114,31 @@ def test_skipped_experiment_reason_is_reported(report_text):
 
 
 def test_missing_data_folder_is_said_not_fatal(study_dir, tmp_path):
-  text = report.write_report([study_dir], tmp_path / 'out', data_dir=tmp_path / 'gone').read_text()
+  text = document.write_report([study_dir], tmp_path / 'out', data_dir=tmp_path / 'gone').read_text()
   assert 'images not shown: data folder' in text
   assert not (tmp_path / 'out' / 'figures' / 'test_samples.png').exists()
   assert (tmp_path / 'out' / 'figures' / 'confusion_roc.png').exists()
 
 
 def test_run_dirs_can_be_given_directly(study_dir, tmp_path):
-  text = report.write_report([study_dir / 'custom', study_dir / 'vgg16'],
+  text = document.write_report([study_dir / 'custom', study_dir / 'vgg16'],
                              tmp_path / 'out').read_text()
   assert '| custom | custom |' in text and '| vgg16 | vgg16 |' in text
   assert '## Skipped experiments' not in text
 
 
 def test_confident_mistakes_are_the_most_wrong(study_dir):
-  run = report.load_run(study_dir / 'custom')
+  run = document.load_run(study_dir / 'custom')
   run.labels[:] = 0
   run.p_male[:] = np.linspace(0, 1, len(run.p_male))
-  np.testing.assert_array_equal(report.confident_mistakes(run, 3), [len(run.p_male) - 1,
+  np.testing.assert_array_equal(document.confident_mistakes(run, 3), [len(run.p_male) - 1,
                                                                     len(run.p_male) - 2,
                                                                     len(run.p_male) - 3])
 
 
 def test_sample_is_the_same_for_runs_of_one_protocol(study_dir):
-  custom, vgg16 = (report.load_run(study_dir / m) for m in ('custom', 'vgg16'))
-  pick = lambda run: [run.paths[i] for i in report.sample_indices(run, 2)]
+  custom, vgg16 = (document.load_run(study_dir / m) for m in ('custom', 'vgg16'))
+  pick = lambda run: [run.paths[i] for i in document.sample_indices(run, 2)]
   assert pick(custom) == pick(vgg16)
 
 
@@ -153,12 +153,12 @@ def test_command_line_writes_the_report_where_asked(study_dir, tmp_path):
 
 
 def test_runs_on_the_same_test_images_get_paired_tests(study_dir, report_text):
-  custom, vgg16 = (report.load_run(study_dir / m) for m in ('custom', 'vgg16'))
+  custom, vgg16 = (document.load_run(study_dir / m) for m in ('custom', 'vgg16'))
   right_custom = custom.predicted == custom.labels
   right_vgg16 = vgg16.predicted == vgg16.labels  # Same rows, same order in both CSVs.
   b, c = int(np.sum(right_custom & ~right_vgg16)), int(np.sum(~right_custom & right_vgg16))
   assert b + c > 0
-  (test,) = json.loads((study_dir / report.PAIRED_FILE).read_text())
+  (test,) = json.loads((study_dir / document.PAIRED_FILE).read_text())
   assert (test['a'], test['b'], test['num_examples']) == ('custom', 'vgg16', 12)
   assert test['mcnemar'] == stats.mcnemar_exact(right_custom, right_vgg16)
   assert (test['mcnemar']['b'], test['mcnemar']['c']) == (b, c)
@@ -179,9 +179,9 @@ def test_pairs_are_matched_by_path_not_row_order(study_dir, tmp_path):
     (shuffled / name).write_text((study_dir / 'vgg16' / name).read_text())
   header, *rows = (study_dir / 'vgg16' / 'predictions_test.csv').read_text().splitlines()
   (shuffled / 'predictions_test.csv').write_text('\n'.join([header] + rows[::-1]) + '\n')
-  tests, unpaired = report.paired_tests([report.load_run(study_dir / 'custom'),
-                                         report.load_run(shuffled)])
-  expected, _ = report.paired_tests([report.load_run(study_dir / m) for m in ('custom', 'vgg16')])
+  tests, unpaired = document.paired_tests([document.load_run(study_dir / 'custom'),
+                                         document.load_run(shuffled)])
+  expected, _ = document.paired_tests([document.load_run(study_dir / m) for m in ('custom', 'vgg16')])
   assert not unpaired and tests[0]['mcnemar'] == expected[0]['mcnemar']
   assert tests[0]['auc_difference'] == expected[0]['auc_difference']
 
@@ -190,11 +190,11 @@ def test_runs_on_other_test_images_are_not_paired(study_dir, tmp_path):
   faces = tmp_path / 'faces'
   rows = write_faces(faces, per_class=4)
   write_fake_run(tmp_path / 'other', faces, rows)
-  text = report.write_report([study_dir / 'custom', tmp_path / 'other'],
+  text = document.write_report([study_dir / 'custom', tmp_path / 'other'],
                              tmp_path / 'out').read_text()
   assert 'No two runs were scored on the same test images.' in text
   assert '- custom and other: not compared, their test images differ.' in text
-  assert json.loads((tmp_path / 'out' / report.PAIRED_FILE).read_text()) == []
+  assert json.loads((tmp_path / 'out' / document.PAIRED_FILE).read_text()) == []
 
 
 def test_recorded_intervals_are_shown_beside_accuracy_and_auc(study_dir, tmp_path):
@@ -205,7 +205,7 @@ def test_recorded_intervals_are_shown_beside_accuracy_and_auc(study_dir, tmp_pat
   results['metrics']['intervals'] = {'accuracy': [0.5, 0.75], 'balanced_accuracy': [0.5, 0.7],
                                      'roc_auc': [0.8, 0.95]}
   (run / 'results.json').write_text(json.dumps(results))
-  text = report.write_report([study_dir / 'custom', run], tmp_path / 'out').read_text()
+  text = document.write_report([study_dir / 'custom', run], tmp_path / 'out').read_text()
   row = next(l for l in text.splitlines() if l.startswith('| with_intervals | custom |'))
   accuracy = results['metrics']['accuracy']
   auc = results['metrics']['roc_auc']

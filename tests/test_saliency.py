@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from gender_jax import models
-from gender_jax import saliency
+from gender_jax.analysis import saliency
+from gender_jax.models import networks
 
 SIZE = 32
 
@@ -46,7 +46,7 @@ def quadrant_mass(cam):
 @pytest.fixture(scope='module')
 def tiny_model():
   """The tiny custom classifier (BatchNorm, so its variables hold batch_stats) and its variables."""
-  model = models.create_model(tiny.get_config('custom'))
+  model = networks.create_model(tiny.get_config('custom'))
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3), jnp.uint8))
   assert 'batch_stats' in variables
   return model, variables

@@ -11,11 +11,11 @@ from PIL import Image
 import pytest
 
 from conftest import write_synthetic_faces
+from gender_jax.analysis import metrics
+from gender_jax.analysis import stats
 from gender_jax import evaluate
-from gender_jax import inference
-from gender_jax import metrics
-from gender_jax import report
-from gender_jax import stats
+from gender_jax.report import document
+from gender_jax.training import trained_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -265,7 +265,7 @@ def test_groups_are_the_metrics_of_each_csv_column(run_dir, eval_folder, monkeyp
   # Predictions by hand, in the folder's (sorted path) order: the first 10 images are wrong.
   logits = np.array([1.0 if r['male'] else -1.0 for r in rows])
   logits[:10] *= -1
-  monkeypatch.setattr(inference, 'predict_logits', lambda *_: logits)
+  monkeypatch.setattr(trained_run, 'predict_logits', lambda *_: logits)
   result = evaluate.evaluate(str(run_dir), folder=str(folder), labels_csv=str(labels_csv))
   age, race = result['groups']['age'], result['groups']['race']
   assert {g: m['count'] for g, m in age['groups'].items()} == {'20-29': 22, '40-49': 22, '80+': 6}
@@ -287,9 +287,9 @@ def test_report_shows_each_evaluations_groups(run_dir, eval_folder, monkeypatch,
   folder, labels_csv, rows = eval_folder
   logits = np.array([1.0 if r['male'] else -1.0 for r in rows])
   logits[:10] *= -1
-  monkeypatch.setattr(inference, 'predict_logits', lambda *_: logits)
+  monkeypatch.setattr(trained_run, 'predict_logits', lambda *_: logits)
   evaluate.evaluate(str(run_dir), folder=str(folder), labels_csv=str(labels_csv))
-  text = report.write_report([run_dir], tmp_path, saliency_per_kind=0).read_text()
+  text = document.write_report([run_dir], tmp_path, saliency_per_kind=0).read_text()
   section = text[text.index('## Accuracy by group'):text.index('## Calibration')]
   assert 'By age: largest accuracy gap 0.4545 (40-49 vs 20-29' in section
   assert '| 20-29 | 22 | 0.5455 [' in section and '| white | 25 | 0.8000 [' in section

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gender_jax import evaluation
 from gender_jax import study
+from gender_jax.training import sharded
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -168,13 +168,13 @@ def test_a_sweep_runs_the_frozen_base_once_per_image(
       'data_dir': str(synthetic_faces), 'tfds_dir': str(tmp_path / 'tfds'), 'num_epochs': 1,
       'weights': str(converted_weights['vggface'])})
   encoded = {False: [], True: []}  # Paths the base ran on, unflipped and flipped.
-  extract_features = evaluation.extract_features
+  extract_features = sharded.extract_features
 
   def counted(mesh, apply_fn, variables, split, batch_size, flip=False, desc=None):
     encoded[flip].extend(split.paths)
     return extract_features(mesh, apply_fn, variables, split, batch_size, flip, desc)
 
-  monkeypatch.setattr(evaluation, 'extract_features', counted)
+  monkeypatch.setattr(sharded, 'extract_features', counted)
   points = study.sweep_points(experiments, sizes=[8, 16], seeds=[0, 1])
   record = study.run_study(points, str(tmp_path / 'sweep'))
   assert {e['status'] for e in record['experiments'].values()} == {'done'}

@@ -15,14 +15,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from gender_jax import checkpoints
 from gender_jax import evaluate
-from gender_jax import evaluation
-from gender_jax import inference
-from gender_jax import models
-from gender_jax import pretrained
-from gender_jax import run_dir
-from gender_jax import train
+from gender_jax.models import networks
+from gender_jax.models import pretrained
+from gender_jax.training import checkpoints
+from gender_jax.training import run_dir
+from gender_jax.training import sharded
+from gender_jax.training import train
+from gender_jax.training import trained_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def tiny_config(model, data_dir, tmp_path, **overrides):
 
 def restore_latest(workdir):
   """The params of the latest checkpoint of a run, as numpy on this process's first device."""
-  trained = inference.load_trained(workdir)  # For the run's model and config.
+  trained = trained_run.load_trained(workdir)  # For the run's model and config.
   abstract = jax.eval_shape(lambda: train.create_train_state(
       trained.config, trained.model, jax.random.PRNGKey(0), steps_per_epoch=1))
   state, _ = checkpoints.Checkpoints(workdir).restore_latest(
@@ -110,13 +110,13 @@ def test_evaluate_reproduces_test_metrics_from_the_checkpoint(custom_run, synthe
 
 def test_evaluate_gives_the_very_logits_of_the_runs_own_test_evaluation(
     synthetic_faces, tmp_path, monkeypatch):
-  calls = []  # (desc, logits) of every evaluation.predict_logits call.
-  predict_logits = evaluation.predict_logits
+  calls = []  # (desc, logits) of every sharded.predict_logits call.
+  predict_logits = sharded.predict_logits
 
   def recording(*args, desc=None, **kwargs):
     calls.append((desc, predict_logits(*args, desc=desc, **kwargs)))
     return calls[-1][1]
-  monkeypatch.setattr(evaluation, 'predict_logits', recording)
+  monkeypatch.setattr(sharded, 'predict_logits', recording)
   train.train_and_evaluate(tiny_config('custom', synthetic_faces, tmp_path), str(tmp_path / 'r'))
   (runs_own,) = [logits for desc, logits in calls if desc == 'test']
   del calls[:]
@@ -139,13 +139,13 @@ def test_a_run_saved_before_a_config_field_existed_still_loads(custom_run, tmp_p
   config = json.loads((old / 'config.json').read_text())
   del config['head_input_dropout']  # Added after the first runs were saved.
   (old / 'config.json').write_text(json.dumps(config))
-  assert inference.load_trained(str(old)).config.head_input_dropout == 0.0
+  assert trained_run.load_trained(str(old)).config.head_input_dropout == 0.0
 
 
 def save_as_before_the_items_had_names(workdir):
   """Rewrites a run's checkpoints as gender_jax saved them before their state items were named
   'train_state' and 'variables': both named 'state'."""
-  trained = inference.load_trained(workdir)
+  trained = trained_run.load_trained(workdir)
   abstract = jax.eval_shape(lambda: train.create_train_state(
       trained.config, trained.model, jax.random.PRNGKey(0), steps_per_epoch=1))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -169,7 +169,7 @@ def test_a_run_saved_before_the_checkpoint_items_had_names_loads_and_resumes(
   shutil.copytree(workdir, old)
   train_state, variables = save_as_before_the_items_had_names(str(old))
   assert (old / 'checkpoints' / 'best' / str(results['best_epoch']) / 'state').is_dir()
-  loaded = inference.load_trained(str(old)).variables
+  loaded = trained_run.load_trained(str(old)).variables
   jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(variables))
   resumed = config.copy_and_resolve_references()
   resumed.num_epochs = config.num_epochs + 1
@@ -256,7 +256,7 @@ def test_frozen_base_stays_bit_identical_and_head_trains(vggface_runs, converted
   for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(final['base'])):
     assert np.array_equal(np.asarray(a), np.asarray(b))
   config = tiny.get_config('vggface')
-  initial = models.initial_variables(models.create_model(config, 'vggface_v1'), config,
+  initial = networks.initial_variables(networks.create_model(config, 'vggface_v1'), config,
                                     jax.random.split(jax.random.PRNGKey(config.seed))[0],
                                     base_params=converted)['params']
   assert not np.array_equal(np.asarray(initial['head']['logit']['kernel']),
@@ -280,8 +280,8 @@ def test_finetuned_blocks_train_and_the_rest_stays_frozen(synthetic_faces, tmp_p
   workdir = tmp_path / 'run'
   results = train.train_and_evaluate(config, str(workdir))
   assert results['weights'] == {'source': 'imagenet', 'h5_sha256': None, 'random_base': True}
-  initial = models.initial_variables(
-      train.models.create_model(config, 'caffe_imagenet'), config,
+  initial = networks.initial_variables(
+      networks.create_model(config, 'caffe_imagenet'), config,
       jax.random.split(jax.random.PRNGKey(config.seed))[0])['params']['base']
   final = restore_latest(workdir)['base']
   assert np.array_equal(initial['block4_conv3']['kernel'], final['block4_conv3']['kernel'])

@@ -15,9 +15,9 @@ from configs import tiny
 from gender_jax import cli
 from gender_jax import config_check
 from gender_jax import evaluate
-from gender_jax import report
-from gender_jax import run_dir
-from gender_jax import train
+from gender_jax.report import document
+from gender_jax.training import run_dir
+from gender_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -176,7 +176,7 @@ def test_a_second_run_in_a_busy_workdir_is_refused_naming_the_first(finished, tm
 
 def test_a_killed_run_does_not_leave_the_workdir_locked(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from gender_jax import run_dir\n'
+      [sys.executable, '-c', 'import sys, time; from gender_jax.training import run_dir\n'
        'with run_dir.lock(sys.argv[1], "holder"):\n  print("held", flush=True); time.sleep(60)',
        str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True,
       env={**os.environ, 'PYTHONPATH': str(REPO)})
@@ -232,7 +232,7 @@ def test_the_report_lists_unfinished_runs_as_unfinished(finished, tmp_path):
   study.mkdir()
   shutil.move(workdir, study / 'custom')
   shutil.copytree(finished[0], study / 'done')
-  text = report.write_report([study], tmp_path / 'out', saliency_per_kind=0).read_text()
+  text = document.write_report([study], tmp_path / 'out', saliency_per_kind=0).read_text()
   assert '| custom |  | unfinished (epoch 2 of 2) |' in text
   assert '| done | custom | 16 |' in text
 
@@ -269,8 +269,9 @@ def test_study_of_an_unknown_model(tmp_path):
 
 
 def test_data_tool_asking_for_more_images_than_the_folder_holds(synthetic_faces, tmp_path):
-  result = command('gender_jax.input_pipeline', f'--data_dir={synthetic_faces}',
-                   f'--tfds_dir={tmp_path}', '--num_train=1000')
+  result = command('gender_jax.data', '--config=configs/default.py',
+                   f'--config.data_dir={synthetic_faces}', f'--config.tfds_dir={tmp_path}',
+                   '--config.num_train=1000')
   assert_one_line_error(result, 'Asked for 1000 train images but the folder has 48')
 
 

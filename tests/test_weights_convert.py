@@ -23,7 +23,10 @@ from keras.src.legacy.saving import legacy_h5_format
 import numpy as np
 import pytest
 
-from gender_jax import cli, models, pretrained, preprocessing
+from gender_jax import cli
+from gender_jax.models import networks
+from gender_jax.models import preprocessing
+from gender_jax.models import pretrained
 from weights_convert import __main__ as command
 from weights_convert import convert, download, mtcnn
 
@@ -36,7 +39,7 @@ VGGFACE_TOP = ['fc6', 'fc7', 'fc8']
 def _vggface_twin(inputs):
   """keras-vggface's VGG16 naming: conv{b}_{i}, pool{b}."""
   x = inputs
-  for b, convs in enumerate(models.VGG16_BLOCKS, 1):
+  for b, convs in enumerate(networks.VGG16_BLOCKS, 1):
     for i, features in enumerate(convs, 1):
       x = keras.layers.Conv2D(features, 3, padding='same', activation='relu',
                               name=f'conv{b}_{i}')(x)
@@ -157,7 +160,7 @@ def vggface_dir(h5_files, tmp_path_factory):
   return out
 
 
-_vgg16_apply = jax.jit(lambda params, x: models.VGG16Base().apply({'params': params}, x))
+_vgg16_apply = jax.jit(lambda params, x: networks.VGG16Base().apply({'params': params}, x))
 
 
 def _assert_reproduces_keras(params, net):
@@ -206,17 +209,17 @@ def test_metadata_round_trips(h5_files, vggface_dir):
   assert metadata['h5_layout'] == 'tf_keras'
   assert metadata['layer_map'] == {
       f'block{b}_conv{i}': f'conv{b}_{i}'
-      for b, convs in enumerate(models.VGG16_BLOCKS, 1) for i in range(1, len(convs) + 1)}
+      for b, convs in enumerate(networks.VGG16_BLOCKS, 1) for i in range(1, len(convs) + 1)}
   assert metadata['skipped_layers'] == []
   assert metadata['architecture'] == 'vgg16'
   assert metadata['param_count'] == sum(a.size for a in jax.tree.leaves(params)) == 14_714_688
   assert metadata['created_utc'].endswith('+00:00')
-  assert sorted(params) == sorted(models.vgg16_layer_names())
+  assert sorted(params) == sorted(networks.vgg16_layer_names())
   assert all(a.dtype == np.float32 for a in jax.tree.leaves(params))
 
 
 def test_each_source_names_a_known_preprocessing():
-  sources = {m.weights_source for m in models.REGISTRY.values()} - {None}
+  sources = {m.weights_source for m in networks.REGISTRY.values()} - {None}
   assert sources == set(pretrained.PREPROCESSING_OF_SOURCE)
   assert set(pretrained.PREPROCESSING_OF_SOURCE.values()) <= set(preprocessing.PREPROCESSINGS)
 
@@ -538,7 +541,7 @@ def test_load_of_damaged_params_is_missing_weights(vggface_dir, tmp_path):
 
 def test_load_refuses_another_sources_weights(vggface_dir):
   with pytest.raises(pretrained.WeightsMismatchError, match="holds 'vggface' weights"):
-    pretrained.load(vggface_dir, models.REGISTRY['vgg16'].weights_source)
+    pretrained.load(vggface_dir, networks.REGISTRY['vgg16'].weights_source)
 
 
 def _assert_suggests_only_safe_folders(message, source, flag='--config.weights'):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gender_jax import models, winograd
+from gender_jax.models import networks
+from gender_jax.models import winograd
 
 
 def direct_conv(x, kernel):
@@ -117,12 +118,12 @@ def test_pays_off_times_once_per_process_where_the_cache_cannot_be_written(timin
 def test_layers_are_timed_for_real_while_the_model_is_traced():
   """The first jit of VGG16 at 56 px times its two 28 px layers of block 2 on this machine."""
   images = jnp.asarray(np.random.default_rng(3).uniform(-120, 130, (2, 56, 56, 3)), jnp.float32)
-  params = models.VGG16Base(winograd=False).init(jax.random.key(0), images[:1])
-  features = jax.jit(models.VGG16Base(winograd=True).apply)(params, images)
+  params = networks.VGG16Base(winograd=False).init(jax.random.key(0), images[:1])
+  features = jax.jit(networks.VGG16Base(winograd=True).apply)(params, images)
   kept = json.loads(pathlib.Path(winograd.timings_path()).read_text())[winograd.machine()]
   assert sorted(kept) == ['28x28x128->128', '28x28x64->128']
   assert all(times['direct_ms'] > 0 and times['winograd_ms'] > 0 for times in kept.values())
-  direct = jax.jit(models.VGG16Base(winograd=False).apply)(params, images)
+  direct = jax.jit(networks.VGG16Base(winograd=False).apply)(params, images)
   assert float(jnp.abs(features - direct).max()) < 1e-5 * float(jnp.abs(direct).max())
 
 
@@ -135,22 +136,22 @@ def _direct_convolutions(base, size):
 
 def test_vgg16_base_takes_winograd_on_cpu_where_it_times_faster(timings):
   timings(winograd_ms=7.0)
-  assert _direct_convolutions(models.VGG16Base(), 224) == 5  # Blocks 2-4 (112-28 px) by Winograd.
-  assert _direct_convolutions(models.VGG16Base(), 112) == 8  # Blocks 2-3 (56-28 px).
-  assert _direct_convolutions(models.VGG16Base(winograd=False), 224) == 13
-  assert _direct_convolutions(models.VGG16Base(dtype=jnp.bfloat16), 224) == 13  # float32 only.
+  assert _direct_convolutions(networks.VGG16Base(), 224) == 5  # Blocks 2-4 (112-28 px) by Winograd.
+  assert _direct_convolutions(networks.VGG16Base(), 112) == 8  # Blocks 2-3 (56-28 px).
+  assert _direct_convolutions(networks.VGG16Base(winograd=False), 224) == 13
+  assert _direct_convolutions(networks.VGG16Base(dtype=jnp.bfloat16), 224) == 13  # float32 only.
 
 
 def test_vgg16_base_stays_direct_on_a_cpu_where_winograd_times_slower(timings):
   timings(winograd_ms=12.0)
-  assert _direct_convolutions(models.VGG16Base(), 224) == 13
+  assert _direct_convolutions(networks.VGG16Base(), 224) == 13
 
 
 def test_vgg16_base_gives_the_same_features_with_and_without_winograd(timings):
   timings(winograd_ms=7.0)
   images = jnp.asarray(np.random.default_rng(1).uniform(-120, 130, (2, 112, 112, 3)), jnp.float32)
-  params = models.VGG16Base().init(jax.random.key(0), images[:1])
-  fast = jax.jit(models.VGG16Base(winograd=True).apply)(params, images)
-  direct = jax.jit(models.VGG16Base(winograd=False).apply)(params, images)
-  assert _direct_convolutions(models.VGG16Base(winograd=True), 112) == 8
+  params = networks.VGG16Base().init(jax.random.key(0), images[:1])
+  fast = jax.jit(networks.VGG16Base(winograd=True).apply)(params, images)
+  direct = jax.jit(networks.VGG16Base(winograd=False).apply)(params, images)
+  assert _direct_convolutions(networks.VGG16Base(winograd=True), 112) == 8
   assert float(jnp.abs(fast - direct).max()) < 1e-5 * float(jnp.abs(direct).max())

@@ -10,9 +10,9 @@ or VGGFace), or facenet-pytorch's MTCNN face detector.
 from absl import app
 from absl import flags
 
-from gender_jax import UserError
 from gender_jax import cli
-from gender_jax import pretrained
+from gender_jax.models import pretrained
+from gender_jax import UserError
 from weights_convert import convert, download, mtcnn
 
 FLAGS = flags.FLAGS

@@ -21,8 +21,9 @@ import h5py
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gender_jax.models import networks
+from gender_jax.models import pretrained
 from gender_jax import UserError
-from gender_jax import models, pretrained
 
 # keras-vggface names its VGG16 convolutions conv{b}_{i} where Keras has block{b}_conv{i}.
 _VGGFACE_NAME = re.compile(r'conv(\d)_(\d)')
@@ -87,7 +88,7 @@ def _walk_weights_h5(file_name, container):
                          [(k, variables[k]) for k in sorted(variables, key=int)]))
   if not named:
     convs = [layer for layer in layers if any(w.ndim == 4 for _, w in layer.weights)]
-    targets = models.vgg16_layer_names()
+    targets = networks.vgg16_layer_names()
     if len(convs) != len(targets):
       raise ConversionError(
           f'{file_name}: a .weights.h5 without layer names, so its convolutions are matched by '
@@ -130,7 +131,7 @@ def _target(layer):
   """The Flax layer an h5 layer feeds, or None for layers outside the base."""
   match = _VGGFACE_NAME.fullmatch(layer.name)
   name = layer.target or (f'block{match[1]}_conv{match[2]}' if match else layer.name)
-  return name if name in models.vgg16_layer_names() else None
+  return name if name in networks.vgg16_layer_names() else None
 
 
 def _kernel_and_bias(file_name, layer, expected):
@@ -184,7 +185,7 @@ def read_vgg16(h5_path):
                               f'map to {target}; expected one.')
       else:
         found[target] = layer
-    missing = [name for name in models.vgg16_layer_names() if name not in found]
+    missing = [name for name in networks.vgg16_layer_names() if name not in found]
     if missing:
       weighted = [layer.name for layer in layers if layer.weights]
       listed = ', '.join(weighted[:8]) + (f', ... ({len(weighted)} in all)'

@@ -7,7 +7,7 @@ import urllib.request
 import tqdm
 
 import gender_jax
-from gender_jax import pretrained
+from gender_jax.models import pretrained
 from weights_convert import convert, mtcnn
 
 DEFAULT_CACHE_DIR = gender_jax.cache_dir('weights')

@@ -1,9 +1,9 @@
-"""facenet-pytorch's MTCNN weights (pnet.pt, rnet.pt, onet.pt) -> gender_jax.face_detect params.
+"""facenet-pytorch's MTCNN weights (pnet.pt, rnet.pt, onet.pt) -> gender_jax.faces.mtcnn params.
 
 The files ship inside the facenet-pytorch wheel (facenet_pytorch/data/) in PyTorch's legacy
 format, read by `torch_legacy` without torch. Torch layouts become Flax ones: conv weights
 (out, in, kh, kw) -> (kh, kw, in, out), linear weights (out, in) -> (in, out); the dense layers
-need no reordering because face_detect flattens as facenet-pytorch does.
+need no reordering because gender_jax.faces.mtcnn flattens as facenet-pytorch does.
 """
 import datetime
 import hashlib
@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-from gender_jax import face_detect
+from gender_jax.faces import detect
 from weights_convert import convert, torch_legacy
 
 PT_FILES = {'pnet': 'pnet.pt', 'rnet': 'rnet.pt', 'onet': 'onet.pt'}
@@ -94,7 +94,7 @@ def _to_flax(name, state_dict, expected):
 def read_params(files, origin):
   """Flax params {'pnet', 'rnet', 'onet'} from the three .pt files' bytes; `origin` names where
   they came from in errors."""
-  expected = face_detect.param_shapes()
+  expected = detect.param_shapes()
   params = {}
   for name, file_name in PT_FILES.items():
     try:

@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gender_jax.analysis import metrics
 from gender_jax import base_config
-from gender_jax import checkpoints
-from gender_jax import evaluation
-from gender_jax import metrics
-from gender_jax import models
-from gender_jax import run_dir
+from gender_jax.models import networks
+from gender_jax.training import checkpoints
+from gender_jax.training import run_dir
+from gender_jax.training import sharded
 
 
 @dataclasses.dataclass
@@ -36,7 +36,7 @@ def load_trained(workdir):
   config = base_config.get_config()
   config.update(run_dir.read_json(config_path))
   metadata = run_dir.read_json(run_dir.path(workdir, run_dir.WEIGHTS_METADATA))
-  model = models.create_model(config, metadata and metadata['preprocessing'])
+  model = networks.create_model(config, metadata and metadata['preprocessing'])
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
   variables, epoch = checkpoints.best_variables(
       workdir, jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy))
@@ -45,7 +45,7 @@ def load_trained(workdir):
 
 def predict_logits(trained, images, batch_size=256):
   """Male logits of uint8 RGB images already at the model's size, (N, S, S, 3) -> (N,)."""
-  return evaluation.predict_images(trained.model, trained.variables, images, batch_size)
+  return sharded.predict_images(trained.model, trained.variables, images, batch_size)
 
 
 def predict_proba(trained, images, batch_size=256):

@@ -1,10 +1,10 @@
 """A TFDS dataset built from a folder of face images sorted into male/female sub-folders.
 
 The folder is scanned, files not named as images (hidden ones, README.txt, Thumbs.db...) are
-skipped and counted, every image is decoded once to check it (gender_jax/image_files.py), and
+skipped and counted, every image is decoded once to check it (gender_jax/data/image_files.py), and
 the good ones are written as ArrayRecord under `tfds_dir`, read back with `as_data_source` (no
 TensorFlow needed). Each example keeps the file's bytes verbatim (lossless and about 10x smaller
-than decoded pixels, which gender_jax/decoded.py caches per image size), its label and its path
+than decoded pixels, which gender_jax/data/input_cache.py caches per image size), its label and its path
 relative to the folder. The builder config is named after a fingerprint of the folder's file
 list, sizes and mtimes, so a changed folder gets a fresh build and an unchanged one is reused; the
 folder is never written to.
@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from gender_jax.data import image_files
 from gender_jax import LABELS
 from gender_jax import UserError
-from gender_jax import image_files
 
 SPLITS = ('train', 'valid', 'test')
 UNSPLIT = 'unsplit'  # The single TFDS split of a flat {male,female} folder.

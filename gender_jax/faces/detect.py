@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gender_jax import pretrained
+from gender_jax.models import pretrained
 
 CONVERT_COMMAND = 'python -m weights_convert --source mtcnn --download --out {}'
 # Batch sizes per network call. On CPU, small batches whose activations stay in cache are up to

@@ -11,8 +11,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from gender_jax.training import run_dir
 from gender_jax import UserError
-from gender_jax import run_dir
 
 LATEST, BEST = 'latest', 'best'
 _STATE_ITEM = {LATEST: 'train_state', BEST: 'variables'}  # What each checkpoint's state is.

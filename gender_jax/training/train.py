@@ -1,9 +1,9 @@
 """Training and evaluation: a dense head on a frozen (or from-scratch) base, data parallel.
 
 Read top to bottom: the optimizer with frozen parts and the train state, the jitted training step
-over a device mesh (gender_jax/evaluation.py evaluates), frozen-base features, then the run: its
+over a device mesh (gender_jax/sharded.py evaluates), frozen-base features, then the run: its
 checks, the epoch loop and the final test evaluation. The model, its initial variables and the
-pretrained weights come from models.py and pretrained.py.
+pretrained weights come from networks.py and pretrained.py.
 """
 import functools
 import os
@@ -21,16 +21,18 @@ import numpy as np
 import optax
 import tqdm
 
-from gender_jax import UserError
-from gender_jax import checkpoints
+from gender_jax.analysis import metrics as metrics_lib
 from gender_jax import config_check
-from gender_jax import evaluation
-from gender_jax import feature_cache
-from gender_jax import input_pipeline
-from gender_jax import metrics as metrics_lib
-from gender_jax import models
-from gender_jax import pretrained
-from gender_jax import run_dir
+from gender_jax.data import augment
+from gender_jax.data import batching
+from gender_jax.data import feature_cache
+from gender_jax.data import protocol
+from gender_jax.models import networks
+from gender_jax.models import pretrained
+from gender_jax.training import checkpoints
+from gender_jax.training import run_dir
+from gender_jax.training import sharded
+from gender_jax import UserError
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -44,14 +46,14 @@ def trainable_labels(params, config):
   """Labels each param leaf 'train', 'finetune' or 'frozen' (a pytree like params)."""
   def label(path, _):
     part, layer = path[0].key, path[1].key
-    if part == 'head' or not models.REGISTRY[config.model].pretrained:
+    if part == 'head' or not networks.REGISTRY[config.model].pretrained:
       return 'train'
     return 'finetune' if layer.split('_')[0] in config.finetune_blocks else 'frozen'
   return jax.tree_util.tree_map_with_path(label, params)
 
 
 def base_is_frozen(config):
-  return models.REGISTRY[config.model].pretrained and not config.finetune_blocks
+  return networks.REGISTRY[config.model].pretrained and not config.finetune_blocks
 
 
 def create_learning_rate_fn(config, base_rate, steps_per_epoch):
@@ -97,7 +99,7 @@ class TrainState(train_state.TrainState):
 def create_train_state(config, model, rng, steps_per_epoch, base_params=None):
   """A TrainState with initial (or converted) params and the masked optimizer."""
   init_rng, dropout_rng = jax.random.split(rng)
-  variables = models.initial_variables(model, config, init_rng, base_params)
+  variables = networks.initial_variables(model, config, init_rng, base_params)
   params = variables['params']
   return TrainState.create(apply_fn=model.apply, params=params,
                            batch_stats=variables.get('batch_stats', {}), dropout_rng=dropout_rng,
@@ -129,7 +131,7 @@ def train_step(state, batch, *, stop_base_gradient):
   dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
 
   def loss_fn(params):
-    logits, batch_stats = evaluation.forward(
+    logits, batch_stats = sharded.forward(
         {**state.variables, 'params': params}, state.apply_fn, batch, train=True,
         rngs={'dropout': dropout_rng}, stop_base_gradient=stop_base_gradient)
     losses = binary_cross_entropy(logits, batch['label'])
@@ -180,7 +182,7 @@ def frozen_base_features(mesh, model, variables, splits, config, weights_meta):
   base = {collection: tree['base'] for collection, tree in variables.items() if 'base' in tree}
   key = feature_cache.fingerprint(base, model=config.model, dtype=config.compute_dtype,
                                   preprocessing=weights_meta['preprocessing'])
-  encode = lambda split, flip: evaluation.extract_features(
+  encode = lambda split, flip: sharded.extract_features(
       mesh, model.apply, variables, split, config.eval_batch_size, flip=flip,
       desc=f'features {split.name}{" (flipped)" if flip else ""}')
   return feature_cache.cached_features(splits, key, config.augment_flip, encode)
@@ -210,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   session_start = time.time()
   commit = run_dir.git_commit()  # Now: the code may change while a long run trains.
   command = command or shlex.join([os.path.basename(sys.executable), *sys.argv])
-  mesh = evaluation.Mesh.create()
+  mesh = sharded.Mesh.create()
   config_check.check(config, mesh.size)
   with run_dir.lock(workdir, command):
     # Weights first: a missing folder fails before any data is read.
@@ -231,12 +233,12 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
                         session_start):
   """train_and_evaluate, in its run directory's lock, once the experiment is checked."""
   # Input.
-  splits = input_pipeline.load_splits(config, workdir=workdir)
+  splits = protocol.load_splits(config, workdir=workdir)
   train_split = splits['train']
-  steps_per_epoch = input_pipeline.num_train_steps(train_split, config.batch_size)
+  steps_per_epoch = batching.num_train_steps(train_split, config.batch_size)
 
   # Model, state.
-  model = models.create_model(
+  model = networks.create_model(
       config, weights_meta['preprocessing'] if weights_meta else None)
   train_seed = resolved_train_seed(config)
   state = create_train_state(config, model, jax.random.PRNGKey(train_seed), steps_per_epoch,
@@ -270,9 +272,9 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
   writer = run_dir.MetricsWriter(workdir, progress['epoch'])
   for epoch in range(progress['epoch'] + 1, config.num_epochs + 1):
     epoch_start = time.time()
-    batches = input_pipeline.train_batches(
+    batches = batching.train_batches(
         train_split, config.batch_size, seed=train_seed, epoch=epoch, flip=config.augment_flip,
-        shift=config.augment_shift, jitter=input_pipeline.Jitter.from_config(config),
+        shift=config.augment_shift, jitter=augment.Jitter.from_config(config),
         with_images=not use_cache)
     batches = (mesh.shard_batch(feature_cache.feature_batch(batch, features) if use_cache else
                                 {'image': batch['image'], 'label': batch['label']})
@@ -287,7 +289,7 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
           f'(epoch {progress["epoch"]}) is kept in {workdir}. Lower learning_rate?')
     epoch_seconds = time.time() - epoch_start
 
-    valid_logits = evaluation.predict_logits(
+    valid_logits = sharded.predict_logits(
         mesh, model.apply, state.variables, splits['valid'], config.eval_batch_size,
         features=features['valid'] if use_cache else None)
     valid = metrics_lib.classification_metrics(splits['valid'].labels, valid_logits)
@@ -316,7 +318,7 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
 
   # The best checkpoint on the test split.
   best = run_checkpoints.restore_best(state.variables, mesh.replicated)
-  logits = {split: evaluation.predict_logits(
+  logits = {split: sharded.predict_logits(
       mesh, model.apply, best, splits[split], config.eval_batch_size,
       features=features[split] if use_cache else None, desc=split)
             for split in ('valid', 'test')}  # Valid: what calibration is fitted on.

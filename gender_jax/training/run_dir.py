@@ -5,7 +5,7 @@
     weights_metadata.json   the converted base weights' metadata; null for the custom model
     protocol/<split>.txt    the files of each split, path TAB label (no_face_<split>.txt too)
     metrics.jsonl           one line per trained epoch
-    checkpoints/            latest and best (gender_jax/checkpoints.py)
+    checkpoints/            latest and best (gender_jax/training/checkpoints.py)
     tensorboard/            the same epoch metrics for TensorBoard
     results.json            what the finished run trained and how it scored on test
     predictions_<split>.csv path,label,p_male of the best checkpoint on valid and test

@@ -2,7 +2,7 @@
 
 A run on a frozen pretrained base trains only its head, on the base's features of each image
 (and of its mirror image, so flip augmentation stays exact). The features are kept beside the
-dataset's decoded images, one row per dataset record (gender_jax/record_files.py), filled in as
+dataset's decoded images, one row per dataset record (gender_jax/data/record_files.py), filled in as
 runs ask for them: every size and seed of a study, and any later run of the same base on the same
 inputs, reads them instead of running the base again.
 """
@@ -14,8 +14,9 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from gender_jax import face_dataset
-from gender_jax import record_files
+from gender_jax.data import batching
+from gender_jax.data import face_dataset
+from gender_jax.data import record_files
 
 
 def _host_array(leaf):
@@ -69,7 +70,7 @@ def _features(split, key, encode):
         record_files.write_done(base, done)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'features {base}')
-  return record_files.Rows(record_files.RecordArray(base + '.npy'), records.rows)
+  return batching.Rows(record_files.RecordArray(base + '.npy'), records.rows)
 
 
 def feature_batch(batch, features):

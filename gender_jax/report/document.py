@@ -11,22 +11,19 @@ import json
 import pathlib
 import platform
 
-from absl import app
-from absl import flags
 import matplotlib
 matplotlib.use('Agg')  # Files only: no display on servers and in tests.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from PIL import Image
 
+from gender_jax.analysis import metrics
+from gender_jax.analysis import saliency
+from gender_jax.analysis import stats
+from gender_jax.data import protocol
 from gender_jax import LABELS
-from gender_jax import cli
-from gender_jax import inference
-from gender_jax import input_pipeline
-from gender_jax import metrics
-from gender_jax import run_dir
-from gender_jax import saliency
-from gender_jax import stats
+from gender_jax.training import run_dir
+from gender_jax.training import trained_run
 
 FIGURES = 'figures'
 PAIRED_FILE = 'paired_tests.json'
@@ -92,7 +89,7 @@ class Study:
 
 
 def load_run(workdir):
-  """Reads a finished run directory (gender_jax/run_dir.py says what it holds)."""
+  """Reads a finished run directory (gender_jax/training/run_dir.py says what it holds)."""
   workdir = pathlib.Path(workdir)
   paths, labels, p_male = run_dir.read_predictions(workdir, 'test')
   _, valid_labels, valid_p_male = run_dir.read_predictions(workdir, 'valid') or (None,) * 3
@@ -683,10 +680,10 @@ def saliency_indices(run, per_kind):
 
 def _model_inputs(run, data_dir=None):
   """The run's trained model and its test images as the model saw them, by path."""
-  trained = inference.load_trained(run.workdir)
+  trained = trained_run.load_trained(run.workdir)
   if data_dir:
     trained.config.data_dir = str(data_dir)
-  split = input_pipeline.load_splits(trained.config, splits=('test',))['test']
+  split = protocol.load_splits(trained.config, splits=('test',))['test']
   return trained, {path: image for path, image in zip(split.paths, split.images)}
 
 
@@ -761,31 +758,3 @@ def _image_sections(runs, out, grid_per_class, num_mistakes):
       plot_image_grid(shown, indices, out / FIGURES / f'{name}.png', empty)
       lines += [f'![{name}]({FIGURES}/{name}.png)', '']
   return lines
-
-
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-  """Defines the command line flags; only when run as a script, so imports never clash."""
-  flags.DEFINE_string('out', None, 'Folder for report.md and figures/ (default: the only RUN_DIR).')
-  flags.DEFINE_string('data_dir', None, "Face folder to read test images from (default: each "
-                      "run's own data_dir).")
-  flags.DEFINE_bool('temperature_scaling', False, "Show P(male) after each run's temperature "
-                    'fitted on its validation split.')
-
-
-def main(argv):
-  dirs = argv[1:]
-  if not dirs:
-    raise app.UsageError('Give one or more RUN_DIRs (run or study directories).')
-  if FLAGS.out is None and len(dirs) > 1:
-    raise app.UsageError('--out is needed with several RUN_DIRs.')
-  path = write_report(dirs, FLAGS.out or dirs[0], data_dir=FLAGS.data_dir,
-                      temperature_scaling=FLAGS.temperature_scaling)
-  print(f'Wrote {path}')
-
-
-if __name__ == '__main__':
-  define_flags()
-  cli.run(main)

@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gender_jax import preprocessing
-from gender_jax import winograd as winograd_conv
+from gender_jax.models import preprocessing
+from gender_jax.models import winograd as winograd_conv
 
 # Keras VGG16 (include_top=False): output channels of each convolution, block by block.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -42,7 +42,7 @@ class VGG16Base(nn.Module):
   32 px or more works; a 224 px input gives 7x7x512 features.
 
   `winograd`: compute the layers where it pays off on this machine by Winograd's F(2x2, 3x3)
-  (gender_jax.winograd, which times them once; the same function up to float rounding). None:
+  (gender_jax.models.winograd, which times them once; the same function up to float rounding). None:
   on CPU in float32, where XLA has no such algorithm of its own (VGG16 at 224 px 1.13-1.29x
   faster on AMD EPYCs, 1.09-1.14x on an Intel Xeon, never slower); GPU libraries choose their own.
   """

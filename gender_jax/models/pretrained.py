@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from gender_jax.models import networks
 from gender_jax import UserError
-from gender_jax import models
 
-# Each source's input normalisation, a name in gender_jax.preprocessing.
+# Each source's input normalisation, a name in gender_jax.models.preprocessing.
 PREPROCESSING_OF_SOURCE = {'imagenet': 'caffe_imagenet', 'vggface': 'vggface_v1'}
 # The public notop (no fully connected top) h5 files.
 H5_URL_OF_SOURCE = {
@@ -39,7 +39,7 @@ class WeightsMismatchError(UserError, ValueError):
 def base_param_shapes():
   """VGG16Base's params as ShapeDtypeStructs: what every converted folder must hold."""
   images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  return jax.eval_shape(models.VGG16Base().init, jax.random.key(0), images)['params']
+  return jax.eval_shape(networks.VGG16Base().init, jax.random.key(0), images)['params']
 
 
 def in_the_way(folder, source):
@@ -181,7 +181,7 @@ def load_base(config):
   A pretrained model without converted weights fails with the commands that make them, unless
   `allow_random_base` is set: then the base stays random and the metadata says so loudly.
   """
-  source = models.REGISTRY[config.model].weights_source
+  source = networks.REGISTRY[config.model].weights_source
   if source is None:
     return None, None
   try:

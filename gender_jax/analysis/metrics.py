@@ -1,8 +1,8 @@
 """Binary classification metrics of male logits against 0/1 labels, in plain numpy."""
 import numpy as np
 
+from gender_jax.analysis import stats
 from gender_jax import LABELS
-from gender_jax import stats
 
 INTERVAL_SEED = 0  # Fixed, so the same predictions always get the same intervals.
 

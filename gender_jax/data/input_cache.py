@@ -1,13 +1,13 @@
 """The drawn records decoded, their faces found and made into the model's inputs once, on disk.
 
-For a built dataset (gender_jax/face_dataset.py), `cached_landmarks` finds the faces of a split's
+For a built dataset (gender_jax/data/face_dataset.py), `cached_landmarks` finds the faces of a split's
 records and `cached_images` makes their model inputs: resized, or aligned onto the run's template
-with those landmarks (gender_jax/faces.py). Both are kept in the dataset's folder with a row per
-record of the split (gender_jax/record_files.py), filled in as protocols ask for rows, and named
+with those landmarks (gender_jax/align.py). Both are kept in the dataset's folder with a row per
+record of the split (gender_jax/data/record_files.py), filled in as protocols ask for rows, and named
 after what made them, so another size, resize, detector (weights or FACE_FINDING_VERSION) or
 template gets a cache of its own.
 `folder_images` makes the same inputs in memory for a folder loaded without a dataset. Every file
-is decoded by gender_jax/image_files.py.
+is decoded by gender_jax/data/image_files.py.
 """
 import concurrent.futures
 import hashlib
@@ -18,14 +18,15 @@ from typing import NamedTuple
 import numpy as np
 import tqdm
 
-from gender_jax import face_dataset
-from gender_jax import faces
-from gender_jax import image_files
-from gender_jax import record_files
+from gender_jax.data import batching
+from gender_jax.data import face_dataset
+from gender_jax.data import image_files
+from gender_jax.data import record_files
+from gender_jax.faces import align
 
 _WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in memory at once.
 _DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
-# The face finding that cached landmarks come from: bump it with any change to face_detect.py or
+# The face finding that cached landmarks come from: bump it with any change to gender_jax/faces/ or
 # to the blocks of cached_landmarks that moves a landmark, so caches made before are not reused.
 # Version 2: fixed blocks of _DETECT_WINDOW records.
 FACE_FINDING_VERSION = 2
@@ -55,7 +56,7 @@ class Landmarks(NamedTuple):
 
   @classmethod
   def empty(cls, n):
-    return cls(np.zeros((n, faces.NUM_LANDMARKS, 2), np.float32), np.zeros(n, bool),
+    return cls(np.zeros((n, align.NUM_LANDMARKS, 2), np.float32), np.zeros(n, bool),
                np.zeros((n, 2), np.int32))
 
   def take(self, rows):
@@ -91,13 +92,13 @@ def _converter(config, marks=None):
   """convert(image, row) -> the model's input; aligned where marks.found[row], else resized."""
   size, resize = config.image_size, config.resize
   if config.face_align == 'none':
-    return lambda image, row: faces.resize_image(image, size, resize)
-  template = np.asarray(config.face_template, np.float32).reshape(faces.NUM_LANDMARKS, 2)
+    return lambda image, row: align.resize_image(image, size, resize)
+  template = np.asarray(config.face_template, np.float32).reshape(align.NUM_LANDMARKS, 2)
 
   def convert(image, row):
     if marks.found[row]:
-      return faces.align_face(np.asarray(image), marks.points[row], template, size)
-    return faces.resize_image(image, size, resize)
+      return align.align_face(np.asarray(image), marks.points[row], template, size)
+    return align.resize_image(image, size, resize)
   return convert
 
 
@@ -137,7 +138,7 @@ def cached_images(builder, split, rows, config, detector_id=None, marks=None):
       images.flush()
       done[todo] = True
       record_files.write_done(base, done)
-  return record_files.Rows(images, rows), Records(base, num_records, rows)
+  return batching.Rows(images, rows), Records(base, num_records, rows)
 
 
 def _damaged(builder):
@@ -152,7 +153,7 @@ def _detect(detector, images):
   marks = Landmarks.empty(len(arrays))
   marks.sizes[:] = [(a.shape[1], a.shape[0]) for a in arrays]
   for i, found in enumerate(detector.detect(arrays)):
-    face = faces.largest_face(found)
+    face = align.largest_face(found)
     if face is not None:
       marks.points[i], marks.found[i] = found.landmarks[face], True
   return marks

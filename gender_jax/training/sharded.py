@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
-from gender_jax import input_pipeline
+from gender_jax.data import batching
 
 
 def forward(variables, apply_fn, batch, *, train, rngs=None, stop_base_gradient=False):
@@ -160,7 +160,7 @@ def map_split(mesh, fn, split, batch_size, inputs, desc=None):
     result[filled:filled + len(values)] = values
     filled += len(values)
 
-  for batch in tqdm.tqdm(input_pipeline.eval_batches(split, batch_size), total=total, desc=desc,
+  for batch in tqdm.tqdm(batching.eval_batches(split, batch_size), total=total, desc=desc,
                          leave=False, disable=desc is None):
     arrays = {**inputs(batch), 'mask': batch['mask']}
     rows = dispatch_rows(mesh, arrays)
@@ -208,7 +208,7 @@ def predict_images(model, variables, images, batch_size=256, mesh=None):
   mesh = mesh or Mesh.create()
   batch_size = min(batch_size, len(images))  # A few photos: no batch of padding around them.
   batch_size = -(-batch_size // mesh.size) * mesh.size
-  split = input_pipeline.Split('images', images, np.zeros(len(images), np.int32), paths=[],
+  split = batching.Split('images', images, np.zeros(len(images), np.int32), paths=[],
                                source_dir='')
   if not len(split):
     return np.zeros((0,), np.float32)

@@ -1,0 +1,1 @@
+"""Numbers from predictions: metrics, statistics (intervals, tests, calibration), groups, saliency."""

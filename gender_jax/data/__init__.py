@@ -1,0 +1,1 @@
+"""Face folders to batches: the dataset, the protocol's draw, cached inputs, augmentation, batches."""

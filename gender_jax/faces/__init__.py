@@ -1,0 +1,1 @@
+"""Faces in photos: MTCNN detection, alignment onto a template, and the model's face input."""
