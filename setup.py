@@ -6,7 +6,9 @@ setup(
     description='Facial gender classification by transfer learning (Custom CNN, VGG16, VGGFace) '
                 'in JAX/Flax.',
     python_requires='>=3.10',
-    packages=find_packages(include=['gender_jax', 'gender_jax.*', 'configs', 'weights_convert']),
+    # configs/ is read by path (--config=configs/x.py), from a checkout: no top-level 'configs'
+    # package that would collide with another project's.
+    packages=find_packages(include=['gender_jax', 'gender_jax.*', 'weights_convert']),
     install_requires=[
         'jax>=0.7',
         'flax>=0.11',
@@ -21,6 +23,7 @@ setup(
         'absl-py',
         'pillow',
         'tqdm',
+        'filelock',  # JAX's compilation cache bounds its size with it (else a warning per run).
         'matplotlib',
         'tensorboardX',  # TensorBoard event files without TensorFlow.
     ],

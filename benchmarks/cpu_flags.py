@@ -63,6 +63,8 @@ np.save(sys.argv[2], first)
 print(json.dumps(out))
 '''
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # Workers import configs/ here.
+
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,7 +76,7 @@ def main():
     for round_index in range(args.rounds):
       for name, env in SETTINGS.items():
         path = os.path.join(scratch, f'{name}.npy')
-        done = subprocess.run([sys.executable, '-c', WORKER, str(args.steps), path],
+        done = subprocess.run([sys.executable, '-c', WORKER, str(args.steps), path], cwd=REPO,
                               env={**os.environ, **env, 'JAX_PLATFORMS': 'cpu'},
                               capture_output=True, text=True, check=True)
         results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))

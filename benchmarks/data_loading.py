@@ -1,9 +1,9 @@
 """Input pipeline speed: img/s from the built TFDS dataset to preprocessed float32 batches.
 
 For each image size, one epoch of the study's protocol (5000/750/750 by default) goes through
-gender_jax.data: protocol.load_splits, then batching.train_batches (flips and shifts) over the train split
-and eval_batches over valid and test, each batch passed through preprocessing.preprocess
-('caffe_imagenet') on the host to float32. Measured three ways, in this run:
+gender_jax.data: protocol.load_splits, then augment.train_batches (flips and shifts) over the train
+split and batching.eval_batches over valid and test, each batch passed through
+preprocessing.preprocess('caffe_imagenet') on the host to float32. Measured three ways, in this run:
   naive: sequential PIL open + decode + RGB + resize per file, batched and preprocessed the same;
   cold:  load_splits with an empty decoded cache (first load at this size: decode + resize in
          threads, cache written);
@@ -25,16 +25,17 @@ import time
 import numpy as np
 from PIL import Image
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # For --data_dir only.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # Batches stay on the host; no accelerator needed.
 os.environ.setdefault('TQDM_DISABLE', '1')
 
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax.data import batching
+from gender_jax import base_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax import process  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.data import augment  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax.data import batching  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax.data import face_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax.data import protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax.models import preprocessing  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gender_jax import process
 
 PREPROCESSING = 'caffe_imagenet'
 
@@ -56,7 +57,7 @@ def parse_args(argv=None):
 def one_epoch(splits, batch, shift, preprocess=True):
   """Preprocessed float32 batches of one epoch of every split; returns the images delivered."""
   delivered = 0
-  batches = [batching.train_batches(splits['train'], batch, seed=0, epoch=1, flip=True,
+  batches = [augment.train_batches(splits['train'], batch, seed=0, epoch=1, flip=True,
                                           shift=shift)]
   batches += [batching.eval_batches(splits[s], batch) for s in ('valid', 'test')]
   for stream in batches:
@@ -93,7 +94,7 @@ def main(argv=None):
 
 def run(args, tfds_dir):
   """Builds the dataset under tfds_dir and prints the table."""
-  config = default.get_config()
+  config = base_config.get_config()
   config.data_dir, config.tfds_dir = args.data_dir, tfds_dir
   config.num_train, config.num_valid, config.num_test = map(int, args.num.split(','))
   print(f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
@@ -123,7 +124,7 @@ def run(args, tfds_dir):
           load_s, uint8_rate = 0.0, '-'
           delivered, epoch_s = timed(lambda: naive_epoch(files, size, args.batch))
         else:
-          splits, load_s = timed(lambda: protocol.load_splits(config))
+          splits, load_s = timed(lambda: protocol.load_splits(config).splits)
           delivered, epoch_s = timed(lambda: one_epoch(splits, args.batch, args.shift))
           n, uint8_s = timed(lambda: one_epoch(splits, args.batch, args.shift, preprocess=False))
           uint8_rate = f'{n / uint8_s:.0f}'

@@ -45,7 +45,7 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from configs import custom  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gender_jax import base_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax import LABELS  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax import config_check  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax import process  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -57,10 +57,12 @@ from gender_jax.models import networks  # pylint: disable=g-import-not-at-top,wr
 from gender_jax.training import sharded  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # For --data_dir only.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARES = {'valid': 0.05, 'test': 0.05}  # Train gets the rest.
 BATCH = 64
 
+
+CUSTOM_CONFIG = os.path.join(_REPO, 'configs', 'custom.py')
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -176,7 +178,7 @@ def train_steps(config, split, steps):
                                    batching.num_train_steps(split, BATCH))
   state = jax.device_put(state, mesh.replicated)
   step = train.jit_train_step(mesh, stop_base_gradient=train.base_is_frozen(config))
-  batches = batching.train_batches(split, BATCH, seed=0, epoch=2, flip=True,
+  batches = augment.train_batches(split, BATCH, seed=0, epoch=2, flip=True,
                                          jitter=augment.Jitter.from_config(config))
   losses = []
   for batch in itertools.islice(batches, steps):
@@ -193,7 +195,7 @@ def main(argv=None):
   tfds_dir = args.tfds_dir or os.path.join(folder, '.tfds')  # Hidden: not a split folder.
   if not args.tfds_dir:
     shutil.rmtree(tfds_dir, ignore_errors=True)
-  config = custom.get_config()
+  config = base_config.load_get_config(CUSTOM_CONFIG)()
   config.data_dir, config.tfds_dir, config.image_size = folder, tfds_dir, args.image_size
   config.face_align, config.resize = 'none', 'stretch'
   config.num_train = config.num_valid = config.num_test = -1
@@ -215,11 +217,11 @@ def main(argv=None):
     builder = face_dataset.build(folder, tfds_dir, config.max_bad_fraction)
     row['images'] = sum(builder.info.splits[s].num_examples for s in builder.info.splits)
   with phase(rows, 'decode', sampler) as row, contextlib.redirect_stdout(sys.stderr):
-    splits = protocol.load_splits(config)
+    splits = protocol.load_splits(config).splits
     row['images'] = sum(len(s) for s in splits.values())
   checksum = 0
   with phase(rows, 'train pass', sampler) as row:
-    for batch in batching.train_batches(
+    for batch in augment.train_batches(
         splits['train'], BATCH, seed=0, epoch=1, flip=True,
         jitter=augment.Jitter.from_config(config)):
       checksum += int(batch['image'][:, 0, 0, 0].sum())

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import tqdm
 
-from configs import custom
+from gender_jax import base_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gender_jax import process
 from gender_jax.data import augment
 from gender_jax.data import batching
@@ -28,6 +28,10 @@ from gender_jax.models import networks
 from gender_jax.training import sharded
 from gender_jax.training import train
 from train_step_frameworks import cpu_model, load_average  # Beside this file: sys.path[0].
+
+
+CUSTOM_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                             'custom.py')
 
 
 def parse_args(argv=None):
@@ -56,7 +60,7 @@ def timed_epoch(step, state, split, config, mesh, steps_in_flight):
   input_done = []
 
   def batches():
-    for b in batching.train_batches(
+    for b in augment.train_batches(
         split, config.batch_size, seed=0, epoch=1, flip=config.augment_flip,
         jitter=augment.Jitter.from_config(config)):
       yield mesh.shard_batch({'image': b['image'], 'label': b['label']})
@@ -71,7 +75,7 @@ def timed_epoch(step, state, split, config, mesh, steps_in_flight):
 
 def main(argv=None):
   args = parse_args(argv)
-  config = custom.get_config()
+  config = base_config.load_get_config(CUSTOM_CONFIG)()
   config.image_size, config.batch_size = args.image_size, args.batch
   mesh = sharded.Mesh.create()
   sharded.check_batch_size(args.batch, mesh)

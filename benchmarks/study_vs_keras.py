@@ -291,6 +291,17 @@ def combine(paths):
           'runs': runs, 'machine': recorded.pop() if recorded else None, 'rows': rows}
 
 
+def portable(values):
+  """values with absolute paths of this machine cut down: relative to the checkout where they lie
+  in it, else the last component, so a record names no machine's folders."""
+  def cut(value):
+    if not isinstance(value, str) or not os.path.isabs(value):
+      return value
+    inside = os.path.commonpath([REPO, value]) == REPO
+    return os.path.relpath(value, REPO) if inside else os.path.basename(value)
+  return {name: cut(value) for name, value in values.items()}
+
+
 def measure(args):
   """Both sides timed (or one read back, --skip) and compared."""
   os.makedirs(args.workdir, exist_ok=True)
@@ -316,7 +327,7 @@ def measure(args):
   print(f"Keras study: {keras['seconds']:.1f} s", flush=True)
   rows = compare(ours, keras)
   print(format_rows(rows))
-  out = {'args': vars(args), 'machine': f'{cpu_model()}, {os.cpu_count()} CPUs',
+  out = {'args': portable(vars(args)), 'machine': f'{cpu_model()}, {os.cpu_count()} CPUs',
          'keras_info': keras['info'], 'rows': rows,
          'epoch_seconds': {'ours': ours['epoch_seconds'], 'keras': keras['epoch_seconds']}}
   if args.extrapolate_epochs:

@@ -29,7 +29,7 @@ parameter count (BatchNorm's running statistics are not parameters). The counts 
 
 With --epoch_images=N a process instead trains whole epochs over N random images held in memory
 (rounded down to whole batches), each through its framework's own loop, shuffled, without
-augmentation: gender_jax's `batching.train_batches` through `train.train_epoch`, a PyTorch
+augmentation: gender_jax's `augment.train_batches` through `train.train_epoch`, a PyTorch
 `DataLoader` (shuffle, in-process), Keras' `model.fit` on numpy arrays. One epoch warms up, the
 next is timed.
 
@@ -45,6 +45,8 @@ import statistics
 import subprocess
 import sys
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # Workers import configs/ here.
+
 WARMUP = 2  # Untimed steps: compilation (XLA), tracing (tf.function), oneDNN primitive caches.
 PARAM_TOLERANCE = 4  # Parameter counts of the frameworks may differ by at most this much.
 
@@ -58,6 +60,7 @@ process.apply()  # As the commands do, before JAX starts its backend.
 import jax
 import tqdm
 from configs import custom
+from gender_jax.data import augment
 from gender_jax.data import batching
 from gender_jax.models import networks
 from gender_jax.training import sharded
@@ -78,7 +81,7 @@ if epoch_images:
       rng.integers(0, 2, epoch_images).astype(np.int32), paths=[], source_dir='')
 
   def batches(epoch):  # As train.py feeds its step, without augmentation.
-    for b in batching.train_batches(split, batch_size, seed=0, epoch=epoch, flip=False):
+    for b in augment.train_batches(split, batch_size, seed=0, epoch=epoch, flip=False):
       yield mesh.shard_batch({'image': b['image'], 'label': b['label']})
 
   warmup_batches, timed_batches = batches(0), batches(1)
@@ -302,7 +305,8 @@ def run_worker(name, python, args):
     env['JAX_PLATFORMS'] = 'cpu'
   done = subprocess.run(
       [python, '-c', WORKERS[name], str(args.steps), str(args.image_size), str(args.batch),
-       str(WARMUP), str(args.epoch_images)], env=env, capture_output=True, text=True, check=False)
+       str(WARMUP), str(args.epoch_images)], cwd=REPO, env=env, capture_output=True, text=True,
+      check=False)
   if done.returncode:
     sys.stderr.write(done.stderr[-4000:])
     raise SystemExit(f'The {name} worker ({python}) failed with exit code {done.returncode}.')

@@ -9,11 +9,11 @@ cut another way) for the face pipeline; never by a test split. docs/results.md h
 - Strong jitter: UTKFace 0.884 over 20 epochs against 0.876 with milder jitter over 15; 30
   epochs 0.904 (valid 0.9507 against 0.9467 at 20).
 """
-from configs import default
+from gender_jax import base_config
 
 
 def get_config():
-  config = default.get_config()
+  config = base_config.get_config()
   config.model = 'custom'
   config.image_size = 80  # Near the faces' own 89x109; 64 px lost a point, 96 px cost 1.4x.
   config.custom_norm = 'batch'

@@ -2,11 +2,11 @@
 
 Use as `--config=configs/tiny.py:custom` (or `:vgg16`, `:vggface`).
 """
-from configs import default
+from gender_jax import base_config
 
 
 def get_config(model='custom'):
-  config = default.get_config()
+  config = base_config.get_config()
   config.model = model
   config.weights = ''
   config.num_train = 32

@@ -1,9 +1,9 @@
 """Frozen VGG16 with ImageNet weights (Keras), a dense head trained on top."""
-from configs import default
+from gender_jax import base_config
 
 
 def get_config():
-  config = default.get_config()
+  config = base_config.get_config()
   config.model = 'vgg16'
   config.weights = 'weights/imagenet'
   return config

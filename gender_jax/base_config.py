@@ -3,6 +3,7 @@
 The package owns it, not configs/, so library code never imports configs/ and a run saved before
 a field existed still loads (inference fills the field from here).
 """
+import importlib.util
 import os
 
 import ml_collections
@@ -69,5 +70,14 @@ def get_config():
   config.cache_features = True  # Run a frozen base once per split and train the head on features.
   config.seed = 0  # Draws the protocol: which images are in each split.
   config.train_seed = -1  # Initialises and orders training (and its jitter); -1: the seed above.
-  config.eval_batch_size = 256  # Global; on CPU run in pieces that bound memory (evaluation.py).
+  config.eval_batch_size = 256  # Global; on CPU run in pieces that bound memory (sharded.py).
   return config
+
+
+def load_get_config(path):
+  """The get_config of a config file (configs/*.py), loaded by its path: configs/ is a folder of
+  the checkout, as ml_collections' --config flag reads it, not an installed package."""
+  spec = importlib.util.spec_from_file_location('gender_jax_config_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config

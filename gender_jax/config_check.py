@@ -4,14 +4,15 @@ Each problem is one line naming the field, the value given and what is accepted;
 the study and the data tool call `check` first, so a mistake costs no data loading.
 """
 from gender_jax.faces import align
+from gender_jax.faces import inputs
 from gender_jax.models import networks
 from gender_jax import UserError
 
 CHOICES = {
     'model': tuple(networks.REGISTRY),
     'resize': align.RESIZES,
-    'face_align': align.FACE_ALIGNS,
-    'face_missing': ('resize', 'drop'),
+    'face_align': inputs.FACE_ALIGNS,
+    'face_missing': inputs.MISSING,
     'custom_norm': networks.NORMS,
     'head_pooling': networks.POOLINGS,
     'compute_dtype': ('float32', 'bfloat16', 'float16'),

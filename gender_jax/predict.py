@@ -22,7 +22,7 @@ from PIL import ImageDraw
 from gender_jax import cli
 from gender_jax.data import image_files
 from gender_jax.data import protocol
-from gender_jax.faces import align
+from gender_jax.faces import inputs
 from gender_jax import LABELS
 from gender_jax.training import trained_run
 
@@ -64,23 +64,21 @@ def load_image(path):
     return image_files.decode_rgb(f.read())
 
 
-def _face_inputs(config, detector, path, image):
+def _face_inputs(face_input, detector, path, image):
   """(inputs, predictions without p_male) for every face the detector finds in a photo."""
   found = detector.detect([np.asarray(image)])[0]
-  template = np.asarray(config.face_template, np.float32).reshape(align.NUM_LANDMARKS, 2)
-  inputs = [align.align_face(np.asarray(image), points, template, config.image_size)
-            for points in found.landmarks]
+  faces = [face_input.inputs(image, points) for points in found.landmarks]
   rows = [Prediction(path, 0.0, i, box, points, float(score))
           for i, (box, points, score) in enumerate(zip(found.boxes, found.landmarks,
                                                        found.scores))]
-  return inputs, rows
+  return faces, rows
 
 
 def iter_predictions(trained, files, detector=None, batch_size=64):
   """Yields ([Prediction], [(path, reason)]) per chunk of files: faces if detector, else images."""
-  config = trained.config
+  face_input = inputs.FaceInput.from_config(trained.config)
   for start in range(0, len(files), batch_size):
-    inputs, rows, errors = [], [], []
+    model_inputs, rows, errors = [], [], []
     for path in files[start:start + batch_size]:
       try:
         image = load_image(path)
@@ -91,16 +89,16 @@ def iter_predictions(trained, files, detector=None, batch_size=64):
         errors.append((path, f'{type(e).__name__}: {e}'))
         continue
       if detector is None:
-        inputs.append(align.resize_image(image, config.image_size, config.resize))
+        model_inputs.append(face_input.inputs(image))
         rows.append(Prediction(path, 0.0))
         continue
-      face_inputs, face_rows = _face_inputs(config, detector, path, image)
+      faces, face_rows = _face_inputs(face_input, detector, path, image)
       if not face_rows:
         errors.append((path, NO_FACE))
-      inputs += face_inputs
+      model_inputs += faces
       rows += face_rows
-    if inputs:
-      p_male = trained_run.predict_proba(trained, np.stack(inputs), batch_size)
+    if model_inputs:
+      p_male = trained_run.predict_proba(trained, np.stack(model_inputs), batch_size)
       rows = [row._replace(p_male=float(p)) for row, p in zip(rows, p_male)]
     yield rows, errors
 
@@ -203,7 +201,7 @@ def main(argv):
     raise app.UsageError('Give image files or folders to predict.')
   files, errors = find_images(argv[1:])
   trained = trained_run.load_trained(FLAGS.workdir)
-  detector, _ = protocol.load_detector(trained.config)
+  detector = protocol.face_finder(inputs.FaceInput.from_config(trained.config))
   if FLAGS.annotate:
     if detector is None:
       raise SystemExit(f'error: --annotate needs a run trained on aligned faces; {FLAGS.workdir} '

@@ -17,7 +17,6 @@ runs from their checkpoints. A pretrained model whose converted weights are miss
 that make them, and the skip is recorded in workdir/study.json and the report.
 """
 import datetime
-import importlib.util
 import os
 import platform
 from typing import NamedTuple
@@ -28,23 +27,16 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from gender_jax import base_config
 from gender_jax import cli
 from gender_jax import config_check
 from gender_jax.models import networks as models_lib
-from gender_jax.models import pretrained
+from gender_jax.models import weights_folder
 from gender_jax.report import document
 from gender_jax.training import run_dir
 from gender_jax.training import train
 
 MODELS = tuple(models_lib.REGISTRY)
-
-
-def _get_config(path):
-  """The get_config of a config file, loaded by its path (configs/ is not a package import)."""
-  spec = importlib.util.spec_from_file_location('study_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config
 
 
 def experiment_configs(models, config_filename, overrides):
@@ -69,9 +61,9 @@ def experiment_configs(models, config_filename, overrides):
   experiments = {}
   for model in models:
     if has_arg:
-      config = _get_config(path)(model)
+      config = base_config.load_get_config(path)(model)
     else:  # The model's own file beside default.py.
-      config = _get_config(os.path.join(os.path.dirname(path), f'{model}.py'))()
+      config = base_config.load_get_config(os.path.join(os.path.dirname(path), f'{model}.py'))()
     config.update_from_flattened_dict(overrides)
     if config.model != model:
       raise ValueError(f'{config_filename} gave model={config.model!r} for {model!r}.')
@@ -147,7 +139,7 @@ def run_study(points, workdir, command=None):
       run_dir.write_json(path, study)
     try:
       results = train.train_and_evaluate(point.config, run, command)
-    except pretrained.MissingWeightsError as e:
+    except weights_folder.MissingWeightsError as e:
       entry.update(status='skipped', reason=str(e), finished=_now())
       print(f'\nSkipping {point.name}: {e}\n', flush=True)
     else:

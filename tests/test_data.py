@@ -18,6 +18,7 @@ from gender_jax.data import input_cache
 from gender_jax.data import protocol
 from gender_jax.data import record_files
 from gender_jax.faces import align
+from gender_jax.faces import inputs
 
 # (female, male) images per split of the small folder most tests use.
 COUNTS = {'train': (12, 8), 'valid': (5, 5), 'test': (6, 4)}
@@ -52,9 +53,14 @@ def make_folder(root, counts=None, names=None, flat=False):
 def make_config(data_dir, tfds_dir, **overrides):
   config = ml_collections.ConfigDict(dict(
       data_dir=str(data_dir), tfds_dir=str(tfds_dir), num_train=-1, num_valid=-1, num_test=-1,
-      seed=0, image_size=16, resize='stretch', max_bad_fraction=0.01, face_align='none'))
+      seed=0, image_size=16, resize='stretch', max_bad_fraction=0.01, face_align='none',
+      face_template=(), face_zoom=1.0, face_missing='resize', face_detector_weights=''))
   config.update(overrides)
   return config
+
+
+def face_input_of(data_dir, tfds_dir, **overrides):
+  return inputs.FaceInput.from_config(make_config(data_dir, tfds_dir, **overrides))
 
 
 @pytest.fixture
@@ -64,7 +70,7 @@ def folder(tmp_path):
 
 @pytest.fixture
 def splits(folder, tmp_path):
-  return protocol.load_splits(make_config(folder, tmp_path / 'tfds'))
+  return protocol.load_splits(make_config(folder, tmp_path / 'tfds')).splits
 
 
 def _snapshot(root):
@@ -119,18 +125,18 @@ def test_folder_name_aliases(tmp_path):
 
 def test_flat_folder_is_split_by_seed(tmp_path):
   folder = make_folder(tmp_path / 'flat', counts={'all': (30, 20)}, flat=True)
-  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds'))
+  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds')).splits
   sizes = {s: (sum(loaded[s].labels == 0), sum(loaded[s].labels == 1)) for s in loaded}
   assert sizes == {'train': (24, 16), 'valid': (3, 2), 'test': (3, 2)}  # 80/10/10 per class.
   everything = sum((loaded[s].paths for s in loaded), [])
   assert sorted(everything) == sorted(str(p.relative_to(folder)) for p in folder.rglob('*.jpg'))
-  other = protocol.load_splits(make_config(folder, tmp_path / 'tfds', seed=1))
+  other = protocol.load_splits(make_config(folder, tmp_path / 'tfds', seed=1)).splits
   assert other['test'].paths != loaded['test'].paths
 
 
 def test_missing_folder_names_it(tmp_path):
   with pytest.raises(face_dataset.FolderError, match='nowhere.*does not exist.*data_dir'):
-    protocol.load_splits(make_config(tmp_path / 'nowhere', tmp_path / 'tfds'))
+    protocol.load_splits(make_config(tmp_path / 'nowhere', tmp_path / 'tfds')).splits
 
 
 def test_unknown_folder_names_list_found_and_accepted(tmp_path):
@@ -156,8 +162,8 @@ def test_empty_class_folder_is_an_error(folder):
 def test_missing_split_folder_is_an_error(tmp_path):
   folder = make_folder(tmp_path / 'faces', counts={'train': (3, 3), 'valid': (2, 2)})
   with pytest.raises(face_dataset.FolderError, match='no test split folder.*testing'):
-    protocol.load_splits(make_config(folder, tmp_path / 'tfds'))
-  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds'), splits=('train',))
+    protocol.load_splits(make_config(folder, tmp_path / 'tfds')).splits
+  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds'), splits=('train',)).splits
   assert len(loaded['train']) == 6
 
 
@@ -178,7 +184,7 @@ def test_bad_files_are_reported_and_left_out(folder, tmp_path):
   (male / 'empty.jpg').write_bytes(b'')
   (male / 'text.jpg').write_text('not a picture\n')
   config = make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.2)
-  loaded = protocol.load_splits(config)
+  loaded = protocol.load_splits(config).splits
   assert len(loaded['train']) == sum(COUNTS['train'])
   builder = face_dataset.build(config.data_dir, config.tfds_dir, config.max_bad_fraction)
   with open(face_dataset.report_path(builder)) as f:
@@ -225,7 +231,7 @@ def test_non_image_names_are_skipped_not_bad(folder, tmp_path):
              'train/male/notes.md']
   assert face_dataset.scan_folder(folder).skipped == skipped
   config = make_config(folder, tmp_path / 'tfds')  # max_bad_fraction=0.01: no bad file allowed.
-  loaded = protocol.load_splits(config)
+  loaded = protocol.load_splits(config).splits
   assert 'train/male/UPPER.JPEG' in loaded['train'].paths
   assert len(loaded['train']) == sum(COUNTS['train']) + 1
   builder = face_dataset.build(config.data_dir, config.tfds_dir)
@@ -255,11 +261,11 @@ def test_broken_and_looping_symlinks_are_bad_files(folder, tmp_path):
              'train/male/loop.jpg': 'symbolic link loop (links to loop.jpg)',
              'train/male/up': 'symbolic link loop (links to ..)'}
   config = make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.2)
-  assert len(protocol.load_splits(config)['train']) == sum(COUNTS['train'])
+  assert len(protocol.load_splits(config).splits['train']) == sum(COUNTS['train'])
   builder = face_dataset.build(config.data_dir, config.tfds_dir, config.max_bad_fraction)
   assert dict(builder.info.metadata['bad_files']) == reasons
   assert builder.info.metadata['skipped_files'] == ['train/male/.loop']
-  loaded = protocol.load_folder(folder / 'train', make_config(folder, None),
+  loaded = protocol.load_folder(folder / 'train', face_input_of(folder, None),
                                       max_bad_fraction=0.2)
   assert dict(loaded.bad_files) == {k.removeprefix('train/'): v for k, v in reasons.items()}
 
@@ -267,14 +273,14 @@ def test_broken_and_looping_symlinks_are_bad_files(folder, tmp_path):
 def test_too_many_bad_files_fail_naming_the_report(folder, tmp_path):
   (folder / 'test' / 'female' / 'empty.jpg').write_bytes(b'')
   with pytest.raises(face_dataset.FolderError, match=r'1 of 41 files.*bad_files\.txt'):
-    protocol.load_splits(make_config(folder, tmp_path / 'tfds'))
+    protocol.load_splits(make_config(folder, tmp_path / 'tfds')).splits
 
 
 def test_class_with_only_bad_files_fails(folder, tmp_path):
   for f in (folder / 'valid' / 'male').iterdir():
     f.write_bytes(b'')
   with pytest.raises(face_dataset.FolderError, match='No decodable male images in the valid'):
-    protocol.load_splits(make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.5))
+    protocol.load_splits(make_config(folder, tmp_path / 'tfds', max_bad_fraction=0.5)).splits
 
 
 def test_convertible_images_become_rgb(folder, tmp_path):
@@ -287,7 +293,7 @@ def test_convertible_images_become_rgb(folder, tmp_path):
   sixteen = np.full((24, 20), 65535, np.uint16)
   sixteen[:12] = 32768
   _save(Image.fromarray(sixteen), female / 'grey16.png', 'PNG')
-  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds', image_size=20))
+  loaded = protocol.load_splits(make_config(folder, tmp_path / 'tfds', image_size=20)).splits
   train = loaded['train']
   assert len(train) == sum(COUNTS['train']) + 4
   grey16 = train.images[train.paths.index('train/female/grey16.png')]
@@ -299,19 +305,19 @@ def test_convertible_images_become_rgb(folder, tmp_path):
 
 def test_load_folder_reports_bad_files(folder):
   (folder / 'valid' / 'male' / 'empty.jpg').write_bytes(b'')
-  loaded = protocol.load_folder(folder / 'valid', make_config(folder, None, image_size=16),
+  loaded = protocol.load_folder(folder / 'valid', face_input_of(folder, None, image_size=16),
                                      max_bad_fraction=0.2)
   assert len(loaded) == sum(COUNTS['valid'])
   assert loaded.bad_files == [('male/empty.jpg', 'empty file (0 bytes)')]
   assert loaded.paths == sorted(loaded.paths)
   assert list(loaded.labels) == [int(p.startswith('male/')) for p in loaded.paths]
   with pytest.raises(face_dataset.FolderError, match='1 of 11 files'):
-    protocol.load_folder(folder / 'valid', make_config(folder, None, image_size=16))
+    protocol.load_folder(folder / 'valid', face_input_of(folder, None, image_size=16))
 
 
 def test_load_folder_reads_every_split(folder):
   loaded = protocol.load_folder(
-      folder, make_config(folder, None, image_size=8, resize='center_crop'))
+      folder, face_input_of(folder, None, image_size=8, resize='center_crop'))
   assert len(loaded) == sum(sum(c) for c in COUNTS.values())
   assert loaded.images.shape[1:] == (8, 8, 3)
 
@@ -353,7 +359,7 @@ def test_read_only_source_is_never_written(folder, tmp_path):
   before = _snapshot(folder)
   os.chmod(folder, 0o555)  # As root this cannot stop writes, so compare the tree as well.
   try:
-    protocol.load_splits(make_config(folder, tmp_path / 'tfds'), workdir=tmp_path / 'work')
+    protocol.load_splits(make_config(folder, tmp_path / 'tfds'), workdir=tmp_path / 'work').splits
   finally:
     os.chmod(folder, 0o755)
   assert _snapshot(folder) == before
@@ -361,9 +367,9 @@ def test_read_only_source_is_never_written(folder, tmp_path):
 
 def test_decoded_cache_is_reused(folder, tmp_path, monkeypatch):
   config = make_config(folder, tmp_path / 'tfds')
-  first = protocol.load_splits(config)
+  first = protocol.load_splits(config).splits
   monkeypatch.setattr(input_cache, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
-  second = protocol.load_splits(config)
+  second = protocol.load_splits(config).splits
   np.testing.assert_array_equal(first['train'].images, second['train'].images)
 
 
@@ -373,7 +379,7 @@ def test_decoded_cache_is_reused(folder, tmp_path, monkeypatch):
 def _draw(folder, tmp_path, **overrides):
   config = make_config(folder, tmp_path / 'tfds', **{
       'num_train': 10, 'num_valid': 4, 'num_test': 5, **overrides})
-  return protocol.load_splits(config)
+  return protocol.load_splits(config).splits
 
 
 def test_protocol_is_deterministic_per_seed(folder, tmp_path):
@@ -385,7 +391,7 @@ def test_protocol_is_deterministic_per_seed(folder, tmp_path):
 def test_protocol_split_does_not_depend_on_the_others_loaded(folder, tmp_path):
   everything = _draw(folder, tmp_path)
   config = make_config(folder, tmp_path / 'tfds', num_train=10, num_valid=4, num_test=5)
-  assert protocol.load_splits(config, splits=('test',))['test'].paths == \
+  assert protocol.load_splits(config, splits=('test',)).splits['test'].paths == \
       everything['test'].paths
 
 
@@ -404,14 +410,14 @@ def test_protocol_too_large_says_what_exists(folder, tmp_path):
 
 def test_protocol_file_lists_in_workdir(folder, tmp_path):
   config = make_config(folder, tmp_path / 'tfds', num_train=10)
-  loaded = protocol.load_splits(config, workdir=tmp_path / 'work')
+  loaded = protocol.load_splits(config, workdir=tmp_path / 'work').splits
   for name, split in loaded.items():
     lines = (tmp_path / 'work' / 'protocol' / f'{name}.txt').read_text().splitlines()
     assert lines == [f'{p}\t{l}' for p, l in zip(split.paths, split.labels)]
-  protocol.load_splits(config, workdir=tmp_path / 'work')  # Same lists: fine.
+  protocol.load_splits(config, workdir=tmp_path / 'work').splits  # Same lists: fine.
   config.seed = 1
   with pytest.raises(ValueError, match='train.txt lists other files'):
-    protocol.load_splits(config, workdir=tmp_path / 'work')
+    protocol.load_splits(config, workdir=tmp_path / 'work').splits
 
 
 def test_protocol_draws_same_files_for_same_paths():
@@ -467,8 +473,8 @@ def _concat(batches_per_process):
 def test_train_batches_do_not_depend_on_process_count():
   split = _split(50)
   kwargs = dict(seed=3, epoch=2, flip=True, shift=0.2)
-  one = list(batching.train_batches(split, 8, process_index=0, process_count=1, **kwargs))
-  two = _concat([list(batching.train_batches(split, 8, process_index=i, process_count=2,
+  one = list(augment.train_batches(split, 8, process_index=0, process_count=1, **kwargs))
+  two = _concat([list(augment.train_batches(split, 8, process_index=i, process_count=2,
                                                    **kwargs)) for i in range(2)])
   assert len(one) == len(two) == batching.num_train_steps(split, 8) == 6
   for a, b in zip(one, two):
@@ -481,7 +487,7 @@ def test_train_batches_do_not_depend_on_process_count():
 
 def test_train_batches_are_seeded_per_epoch():
   split = _split(40)
-  order = lambda epoch, seed=0: np.concatenate([b['index'] for b in batching.train_batches(
+  order = lambda epoch, seed=0: np.concatenate([b['index'] for b in augment.train_batches(
       split, 8, seed=seed, epoch=epoch, flip=True, process_index=0, process_count=1)])
   np.testing.assert_array_equal(order(0), order(0))
   assert (order(0) != order(1)).any() and (order(0) != order(0, seed=1)).any()
@@ -489,7 +495,7 @@ def test_train_batches_are_seeded_per_epoch():
 
 def test_flip_flags_match_the_images():
   split = _split(64)
-  batches = list(batching.train_batches(split, 32, seed=0, epoch=0, flip=True,
+  batches = list(augment.train_batches(split, 32, seed=0, epoch=0, flip=True,
                                               process_index=0, process_count=1))
   flags = np.concatenate([b['flip'] for b in batches])
   assert 10 < flags.sum() < 54  # Random per example.
@@ -498,7 +504,7 @@ def test_flip_flags_match_the_images():
     expected = np.where(batch['flip'][:, None, None, None], original[:, :, ::-1], original)
     np.testing.assert_array_equal(batch['image'], expected)
     np.testing.assert_array_equal(batch['label'], split.labels[batch['index']])
-  no_flip = next(batching.train_batches(split, 32, seed=0, epoch=0, flip=False,
+  no_flip = next(augment.train_batches(split, 32, seed=0, epoch=0, flip=False,
                                               with_images=False, process_index=0,
                                               process_count=1))
   assert no_flip.keys() == {'index', 'flip', 'label'} and not no_flip['flip'].any()
@@ -506,7 +512,7 @@ def test_flip_flags_match_the_images():
 
 def test_train_batches_need_one_full_batch():
   with pytest.raises(ValueError, match='fewer than one batch'):
-    next(batching.train_batches(_split(5), 8, seed=0, epoch=0, flip=False,
+    next(augment.train_batches(_split(5), 8, seed=0, epoch=0, flip=False,
                                       process_index=0, process_count=1))
 
 
@@ -560,7 +566,7 @@ def test_record_arrays_are_npy_files_read_and_written_by_row(tmp_path):
   again = record_files.RecordArray(path)
   np.testing.assert_array_equal(again[np.array([1, 3])], saved[[1, 3]])
   np.testing.assert_array_equal(again[4], saved[4])
-  rows = batching.Rows(again, [3, 1, 0])
+  rows = record_files.Rows(again, [3, 1, 0])
   np.testing.assert_array_equal(rows[1:], saved[[1, 0]])
   np.testing.assert_array_equal(np.asarray(rows.subset(np.array([True, False, True]))),
                                 saved[[3, 0]])

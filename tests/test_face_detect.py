@@ -19,8 +19,11 @@ import pytest
 
 import facenet_reference
 from gender_jax.faces import detect
+from gender_jax.faces import mtcnn
 from gender_jax.models import pretrained
-from weights_convert import download, mtcnn, torch_legacy
+from gender_jax.models import weights_folder
+from weights_convert import download, torch_legacy
+from weights_convert import mtcnn as mtcnn_convert
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
@@ -64,7 +67,7 @@ def detector(mtcnn_weights):
 
 @pytest.fixture(scope='module')
 def params(mtcnn_weights):
-  return detect.load_params(mtcnn_weights)[0]
+  return mtcnn.load_params(mtcnn_weights)[0]
 
 
 def _photos(folder, pattern, count):
@@ -118,7 +121,7 @@ def _assert_parity(detector, reference, images):  # pylint: disable=redefined-ou
 
 def test_reader_reads_facenets_files_as_torch_load_does(pt_dir):  # pylint: disable=redefined-outer-name
   torch = _torch()
-  for name in mtcnn.PT_FILES.values():
+  for name in mtcnn_convert.PT_FILES.values():
     ours, theirs = torch_legacy.load(pt_dir / name), torch.load(pt_dir / name)
     assert list(ours) == list(theirs)
     for key, tensor in theirs.items():
@@ -170,8 +173,12 @@ def test_reader_refuses_zip_and_truncated_files(pt_dir, tmp_path):  # pylint: di
 def _write_wheel(path, pt_dir, members=None):  # pylint: disable=redefined-outer-name
   with zipfile.ZipFile(path, 'w') as z:
     z.writestr('facenet_pytorch/__init__.py', '')
-    for name in (mtcnn.PT_FILES.values() if members is None else members):
-      z.write(pt_dir / name, mtcnn.WHEEL_MEMBER.format(name))
+    info = 'facenet_pytorch-2.6.0.dist-info'  # What pip reads of a wheel it fetches.
+    z.writestr(f'{info}/METADATA', 'Metadata-Version: 2.1\nName: facenet-pytorch\nVersion: 2.6.0\n')
+    z.writestr(f'{info}/WHEEL', 'Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n')
+    z.writestr(f'{info}/RECORD', '')
+    for name in (mtcnn_convert.PT_FILES.values() if members is None else members):
+      z.write(pt_dir / name, mtcnn_convert.WHEEL_MEMBER.format(name))
   return path
 
 
@@ -189,36 +196,44 @@ def test_wheel_and_pt_dir_give_the_same_params(facenet_wheel, pt_dir, tmp_path, 
   wheel_sha = hashlib.sha256(facenet_wheel.read_bytes()).hexdigest()
   assert f'sha256 {wheel_sha}' in out
   assert convert_cli('--source', 'mtcnn', '--pt-dir', pt_dir, '--out', tmp_path / 'b')[0] == 0
-  (a, meta_a), (b, meta_b) = (detect.load_params(tmp_path / n) for n in 'ab')
+  (a, meta_a), (b, meta_b) = (mtcnn.load_params(tmp_path / n) for n in 'ab')
   for key, value in traverse_util.flatten_dict(a).items():
     np.testing.assert_array_equal(value, traverse_util.flatten_dict(b)[key])
   pt_sha = {n: hashlib.sha256((pt_dir / n).read_bytes()).hexdigest()
-            for n in mtcnn.PT_FILES.values()}
+            for n in mtcnn_convert.PT_FILES.values()}
   assert meta_a['pt_sha256'] == meta_b['pt_sha256'] == pt_sha
   assert meta_a['source'] == meta_a['architecture'] == 'mtcnn'
   assert meta_a['wheel_sha256'] == wheel_sha and meta_b['pt_dir'] == str(pt_dir)
   assert meta_a['param_count'] == 495_850
 
 
-def test_download_fetches_the_pinned_wheel_and_converts_it(facenet_wheel, monkeypatch, tmp_path,  # pylint: disable=redefined-outer-name
-                                                           convert_cli):
-  monkeypatch.setattr(mtcnn, 'WHEEL_URL', facenet_wheel.as_uri())
-  with pytest.raises(download.DownloadError, match='of facenet-pytorch 2.6.0 on PyPI'):
+def _pip_index(monkeypatch, folder):
+  """pip's own configuration, as a user's would set it: no index, wheels from `folder`."""
+  monkeypatch.setenv('PIP_NO_INDEX', '1')
+  monkeypatch.setenv('PIP_FIND_LINKS', str(folder))
+
+
+def test_download_fetches_the_pinned_wheel_with_pip_and_converts_it(facenet_wheel, monkeypatch,  # pylint: disable=redefined-outer-name
+                                                                    tmp_path, convert_cli):
+  _pip_index(monkeypatch, facenet_wheel.parent)
+  with pytest.raises(download.DownloadError, match='of facenet-pytorch 2.6.0 as published'):
     download.fetch('mtcnn', tmp_path / 'cache')  # Not the real wheel: its hash differs.
   assert not any((tmp_path / 'cache').iterdir())
   digest = hashlib.sha256(facenet_wheel.read_bytes()).hexdigest()
   monkeypatch.setitem(download.SHA256_OF_SOURCE, 'mtcnn', digest)
   status, _, err = convert_cli('--source', 'mtcnn', '--download', '--cache-dir',
-                        tmp_path / 'cache', '--out', tmp_path / 'w')
+                               tmp_path / 'cache', '--out', tmp_path / 'w')
   assert status == 0, err
   assert [p.name for p in (tmp_path / 'cache').iterdir()] == [facenet_wheel.name]
-  assert detect.load_params(tmp_path / 'w')[1]['wheel_sha256'] == digest
+  assert mtcnn.load_params(tmp_path / 'w')[1]['wheel_sha256'] == digest
 
 
 def test_download_offline_names_the_manual_route(monkeypatch, tmp_path):
-  monkeypatch.setattr(mtcnn, 'WHEEL_URL', 'http://127.0.0.1:9/facenet_pytorch-2.6.0.whl')
+  (tmp_path / 'no_wheels').mkdir()
+  _pip_index(monkeypatch, tmp_path / 'no_wheels')
   with pytest.raises(download.DownloadError, match='--source mtcnn --wheel FILE'):
-    download.fetch('mtcnn', tmp_path)
+    download.fetch('mtcnn', tmp_path / 'cache')
+  assert not any((tmp_path / 'cache').iterdir())
 
 
 def _pt_dir_with(tmp, pt_dir, name, data=None):  # pylint: disable=redefined-outer-name
@@ -292,7 +307,7 @@ def test_mtcnn_inputs_are_refused_for_vgg16_sources(facenet_wheel, tmp_path, con
 # --- Loading a converted folder. ---
 
 def test_load_of_a_missing_folder_names_it_and_the_command(tmp_path):
-  with pytest.raises(pretrained.MissingWeightsError) as error:
+  with pytest.raises(weights_folder.MissingWeightsError) as error:
     detect.load_detector(tmp_path / 'nowhere')
   message = str(error.value)
   assert '\n' not in message
@@ -303,8 +318,8 @@ def test_load_refuses_other_weights_and_suggests_another_folder(tmp_path, monkey
   monkeypatch.chdir(tmp_path)
   (tmp_path / 'params').mkdir()
   (tmp_path / 'metadata.json').write_text('{"source": "vggface", "architecture": "vgg16"}')
-  with pytest.raises(pretrained.WeightsMismatchError) as error:
-    detect.load_params(tmp_path)
+  with pytest.raises(weights_folder.WeightsMismatchError) as error:
+    mtcnn.load_params(tmp_path)
   message = str(error.value)
   assert '\n' not in message and "holds 'vggface' weights" in message
   assert f'--out {tmp_path} ' not in message  # That would replace the vggface weights.
@@ -312,7 +327,7 @@ def test_load_refuses_other_weights_and_suggests_another_folder(tmp_path, monkey
 
 
 def test_vgg16_loading_refuses_mtcnn_weights(mtcnn_weights):
-  with pytest.raises(pretrained.WeightsMismatchError, match="holds 'mtcnn' weights"):
+  with pytest.raises(weights_folder.WeightsMismatchError, match="holds 'mtcnn' weights"):
     pretrained.load(mtcnn_weights, 'vggface')
 
 
@@ -322,8 +337,8 @@ def test_networks_equal_facenet_pytorchs(params, reference):  # pylint: disable=
   torch = _torch()
   rng = np.random.default_rng(0)
   # P-Net on an odd size: ceil-mode pooling's partial window; R-/O-Net: the flatten order.
-  for name, net, size in (('pnet', detect.PNet(), (31, 26)), ('rnet', detect.RNet(),
-                          (24, 24)), ('onet', detect.ONet(), (48, 48))):
+  for name, net, size in (('pnet', mtcnn.PNet(), (31, 26)), ('rnet', mtcnn.RNet(),
+                          (24, 24)), ('onet', mtcnn.ONet(), (48, 48))):
     x = rng.uniform(-1, 1, (3, *size, 3)).astype(np.float32)
     with torch.no_grad():
       expected = getattr(reference, name)(torch.as_tensor(x).permute(0, 3, 1, 2))
@@ -339,7 +354,7 @@ def test_networks_equal_facenet_pytorchs(params, reference):  # pylint: disable=
 @pytest.mark.parametrize('size', [(301, 157), (45, 33)])  # Tiled; padded to a size bucket.
 def test_pnet_in_tiles_and_buckets_equals_pnet_on_the_whole_level(size, detector, params):  # pylint: disable=redefined-outer-name
   level = np.random.default_rng(1).uniform(-1, 1, (2, *size, 3)).astype(np.float32)
-  reg, prob = detect.PNet().apply({'params': params['pnet']}, level)
+  reg, prob = mtcnn.PNet().apply({'params': params['pnet']}, level)
   got_prob, got_reg = detector._pnet_level(level)  # pylint: disable=protected-access
   np.testing.assert_allclose(got_prob, prob[..., 1], atol=1e-5)
   np.testing.assert_allclose(got_reg, reg, atol=1e-5)

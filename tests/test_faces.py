@@ -119,7 +119,7 @@ def _split(n=16, size=12):
 
 
 def _batches(split, **kwargs):
-  return [b['image'] for b in batching.train_batches(split, 8, seed=3, epoch=1, flip=True,
+  return [b['image'] for b in augment.train_batches(split, 8, seed=3, epoch=1, flip=True,
                                                            shift=0.1, **kwargs)]
 
 
@@ -165,7 +165,7 @@ def test_rotating_jitter_turns_the_image_about_its_centre():
 
 class DotDetector:
   """Finds the 'face' of test images: landmarks at fixed fractions of the image; none if dark."""
-  fingerprint = 'dots'
+  id = 'dots'  # As Detector.id: names the landmarks' cache.
 
   def __init__(self):
     self.calls = 0
@@ -197,7 +197,7 @@ def _aligned_config(data_dir, tfds_dir, **overrides):
 @pytest.fixture
 def dot_detector(monkeypatch):
   detector = DotDetector()
-  monkeypatch.setattr(protocol, 'load_detector', lambda config: (detector, 'dots'))
+  monkeypatch.setattr(protocol, 'face_finder', lambda face_input: detector)
   return detector
 
 
@@ -208,22 +208,23 @@ def _dark(folder, rel):
 def test_template_is_derived_from_training_faces_and_recorded(synthetic_faces, tmp_path,
                                                               dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  splits = protocol.load_splits(config)
+  loaded = protocol.load_splits(config)
   expected = align.derive_template([CELEBA_POINTS / [89, 109] * [24, 28]], [(24, 28)],
                                    'center_crop')
-  np.testing.assert_allclose(np.reshape(config.face_template, (5, 2)), expected, atol=1e-5)
-  assert splits['train'].images.shape[1:] == (16, 16, 3)
-  assert not splits['train'].no_face
+  np.testing.assert_allclose(np.reshape(loaded.face_input.template, (5, 2)), expected, atol=1e-5)
+  assert loaded.splits['train'].images.shape[1:] == (16, 16, 3)
+  assert config.face_template == ()  # Loading writes nothing into the config.
+  assert not loaded.splits['train'].no_face
 
 
 def test_landmarks_and_aligned_images_are_cached(synthetic_faces, tmp_path, dot_detector,
                                                  monkeypatch):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  first = protocol.load_splits(config)
+  first = protocol.load_splits(config).splits
   calls = dot_detector.calls
   assert calls == sum(len(s) for s in first.values())
   monkeypatch.setattr(input_cache, '_decode_convert', lambda *a, **k: pytest.fail('decoded'))
-  second = protocol.load_splits(config)
+  second = protocol.load_splits(config).splits
   assert dot_detector.calls == calls
   np.testing.assert_array_equal(first['test'].images, second['test'].images)
 
@@ -247,10 +248,11 @@ def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_fac
   detectors = []
   for order, tfds in (([4, 20], 'a'), ([20, 4], 'b')):  # Two protocols, asked in either order.
     detector = BatchRecordingDetector()
-    monkeypatch.setattr(protocol, 'load_detector', lambda config, d=detector: (d, 'dots'))
+    monkeypatch.setattr(protocol, 'face_finder', lambda face_input, d=detector: d)
     for num_train in order:
       protocol.load_splits(
-          _aligned_config(synthetic_faces, tmp_path / tfds, num_train=num_train), splits=('train',))
+          _aligned_config(synthetic_faces, tmp_path / tfds, num_train=num_train),
+          splits=('train',))
     detectors.append(detector)
   a, b = (sorted(map(tuple, d.batches)) for d in detectors)
   assert a == b  # The same batches, whichever protocol came first.
@@ -260,18 +262,18 @@ def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_fac
 def test_caches_of_other_weights_or_an_older_face_finding_are_not_reused(monkeypatch):
   # A change that moves landmarks bumps FACE_FINDING_VERSION: faces found before are found again.
   weights = {'pt_sha256': {'pnet.pt': 'a', 'rnet.pt': 'b', 'onet.pt': 'c'}}
-  current = input_cache.detector_id(weights)
-  assert input_cache.detector_id(dict(weights)) == current
-  assert input_cache.detector_id({'pt_sha256': {**weights['pt_sha256'], 'onet.pt': 'd'}}) != current
-  monkeypatch.setattr(input_cache, 'FACE_FINDING_VERSION', input_cache.FACE_FINDING_VERSION + 1)
-  assert input_cache.detector_id(weights) != current
+  current = detect.detector_id(weights)
+  assert detect.detector_id(dict(weights)) == current
+  assert detect.detector_id({'pt_sha256': {**weights['pt_sha256'], 'onet.pt': 'd'}}) != current
+  monkeypatch.setattr(detect, 'FACE_FINDING_VERSION', detect.FACE_FINDING_VERSION + 1)
+  assert detect.detector_id(weights) != current
 
 
 def test_another_template_makes_other_images(synthetic_faces, tmp_path, dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  plain = protocol.load_splits(config)['train'].images[:]
+  plain = protocol.load_splits(config).splits['train'].images[:]
   zoomed = protocol.load_splits(_aligned_config(synthetic_faces, tmp_path / 'tfds',
-                                                      face_zoom=1.5))['train'].images[:]
+                                                      face_zoom=1.5)).splits['train'].images[:]
   assert (plain != zoomed).any()
 
 
@@ -281,7 +283,7 @@ def test_images_without_a_face_are_listed_and_handled(tmp_path, dot_detector, ho
   folder = conftest.write_synthetic_faces(tmp_path / 'faces')
   _dark(folder, 'test/male/test_male_000.jpg')
   config = _aligned_config(folder, tmp_path / 'tfds', face_missing=how)
-  splits = protocol.load_splits(config, workdir=tmp_path / 'work')
+  splits = protocol.load_splits(config, workdir=tmp_path / 'work').splits
   test = splits['test']
   assert test.no_face == ['test/male/test_male_000.jpg']
   assert ('test/male/test_male_000.jpg' in test.paths) == (how == 'resize')
@@ -299,9 +301,9 @@ def test_evaluation_without_train_split_needs_the_runs_template(synthetic_faces,
 
 def test_folder_faces_are_aligned_like_the_dataset(synthetic_faces, tmp_path, dot_detector):
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds')
-  test = protocol.load_splits(config)['test']
-  folder = protocol.load_folder(synthetic_faces / 'test', config, dot_detector)
-  np.testing.assert_array_equal(folder.images, test.images)
+  loaded = protocol.load_splits(config)
+  folder = protocol.load_folder(synthetic_faces / 'test', loaded.face_input, dot_detector)
+  np.testing.assert_array_equal(folder.images, loaded.splits['test'].images)
 
 
 def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, tmp_path,
@@ -314,9 +316,9 @@ def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, 
   config = _aligned_config(synthetic_faces, tmp_path / 'tfds', num_train=32, num_valid=16,
                            num_test=16, image_size=32)
   results = train.train_and_evaluate(config, str(workdir))
-  assert len(results['config']['face_template']) == 10
+  assert len(results['config']['face_template']) == 10 and config.face_template == ()
   trained = trained_run.load_trained(str(workdir))
-  assert tuple(trained.config.face_template) == tuple(config.face_template)
+  assert tuple(trained.config.face_template) == tuple(results['config']['face_template'])
 
   with open(workdir / 'predictions_test.csv', newline='') as f:
     expected = {str(synthetic_faces / r['path']): float(r['p_male']) for r in csv.DictReader(f)}

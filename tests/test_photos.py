@@ -10,6 +10,7 @@ import pytest
 
 from configs import custom
 from gender_jax.data import protocol
+from gender_jax.faces import inputs
 from gender_jax import LABELS
 from gender_jax import predict
 from gender_jax.training import train
@@ -30,7 +31,7 @@ def face_run(tmp_path_factory, celeba_gender_dir, mtcnn_weights):
   assert config.face_align == 'mtcnn'
   results = train.train_and_evaluate(config, str(workdir))
   trained = trained_run.load_trained(str(workdir))
-  detector, _ = protocol.load_detector(trained.config)
+  detector = protocol.face_finder(inputs.FaceInput.from_config(trained.config))
   return trained, detector, results
 
 

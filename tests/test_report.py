@@ -11,6 +11,8 @@ import pytest
 from gender_jax.analysis import metrics
 from gender_jax.analysis import stats
 from gender_jax.report import document
+from gender_jax.report import figures
+from gender_jax.report import runs
 from gender_jax.training import run_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -128,17 +130,17 @@ def test_run_dirs_can_be_given_directly(study_dir, tmp_path):
 
 
 def test_confident_mistakes_are_the_most_wrong(study_dir):
-  run = document.load_run(study_dir / 'custom')
+  run = runs.load_run(study_dir / 'custom')
   run.labels[:] = 0
   run.p_male[:] = np.linspace(0, 1, len(run.p_male))
-  np.testing.assert_array_equal(document.confident_mistakes(run, 3), [len(run.p_male) - 1,
-                                                                    len(run.p_male) - 2,
-                                                                    len(run.p_male) - 3])
+  np.testing.assert_array_equal(figures.confident_mistakes(run, 3), [len(run.p_male) - 1,
+                                                                   len(run.p_male) - 2,
+                                                                   len(run.p_male) - 3])
 
 
 def test_sample_is_the_same_for_runs_of_one_protocol(study_dir):
-  custom, vgg16 = (document.load_run(study_dir / m) for m in ('custom', 'vgg16'))
-  pick = lambda run: [run.paths[i] for i in document.sample_indices(run, 2)]
+  custom, vgg16 = (runs.load_run(study_dir / m) for m in ('custom', 'vgg16'))
+  pick = lambda run: [run.paths[i] for i in figures.sample_indices(run, 2)]
   assert pick(custom) == pick(vgg16)
 
 
@@ -153,7 +155,7 @@ def test_command_line_writes_the_report_where_asked(study_dir, tmp_path):
 
 
 def test_runs_on_the_same_test_images_get_paired_tests(study_dir, report_text):
-  custom, vgg16 = (document.load_run(study_dir / m) for m in ('custom', 'vgg16'))
+  custom, vgg16 = (runs.load_run(study_dir / m) for m in ('custom', 'vgg16'))
   right_custom = custom.predicted == custom.labels
   right_vgg16 = vgg16.predicted == vgg16.labels  # Same rows, same order in both CSVs.
   b, c = int(np.sum(right_custom & ~right_vgg16)), int(np.sum(~right_custom & right_vgg16))
@@ -179,9 +181,9 @@ def test_pairs_are_matched_by_path_not_row_order(study_dir, tmp_path):
     (shuffled / name).write_text((study_dir / 'vgg16' / name).read_text())
   header, *rows = (study_dir / 'vgg16' / 'predictions_test.csv').read_text().splitlines()
   (shuffled / 'predictions_test.csv').write_text('\n'.join([header] + rows[::-1]) + '\n')
-  tests, unpaired = document.paired_tests([document.load_run(study_dir / 'custom'),
-                                         document.load_run(shuffled)])
-  expected, _ = document.paired_tests([document.load_run(study_dir / m) for m in ('custom', 'vgg16')])
+  tests, unpaired = runs.paired_tests([runs.load_run(study_dir / 'custom'),
+                                       runs.load_run(shuffled)])
+  expected, _ = runs.paired_tests([runs.load_run(study_dir / m) for m in ('custom', 'vgg16')])
   assert not unpaired and tests[0]['mcnemar'] == expected[0]['mcnemar']
   assert tests[0]['auc_difference'] == expected[0]['auc_difference']
 

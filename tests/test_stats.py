@@ -5,12 +5,14 @@ import json
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 from PIL import Image
 import pytest
 
 from conftest import write_synthetic_faces
+from gender_jax.analysis import groups as groups_lib
 from gender_jax.analysis import metrics
 from gender_jax.analysis import stats
 from gender_jax import evaluate
@@ -254,10 +256,10 @@ def write_csv(path, rows, fields=('relpath', 'male', 'age', 'race')):
 
 
 def test_decades_bin_ages():
-  assert [evaluate.decade(a) for a in (18, 19.5, 20, 29, 35, 79, 80, 116)] == [
+  assert [groups_lib.decade(a) for a in (18, 19.5, 20, 29, 35, 79, 80, 116)] == [
       '<20', '<20', '20-29', '20-29', '30-39', '70-79', '80+', '80+']
-  assert evaluate.column_groups(['30', '', '85'])[0] == ['30-39', 'unknown', '80+']
-  assert evaluate.column_groups(['white', 'asian', ''])[0] == ['white', 'asian', 'unknown']
+  assert groups_lib.column_groups(['30', '', '85'])[0] == ['30-39', 'unknown', '80+']
+  assert groups_lib.column_groups(['white', 'asian', ''])[0] == ['white', 'asian', 'unknown']
 
 
 def test_groups_are_the_metrics_of_each_csv_column(run_dir, eval_folder, monkeypatch):
@@ -337,7 +339,7 @@ def test_a_csv_of_other_images_is_an_error_naming_what_was_expected(run_dir, eva
   folder, _, rows = eval_folder
   bad = tmp_path / 'other_root.csv'
   write_csv(bad, [{**r, 'relpath': 'test/' + r['relpath']} for r in rows])
-  with pytest.raises(evaluate.LabelsCsvError, match=r'50 of 50 images .* have no row'):
+  with pytest.raises(groups_lib.LabelsCsvError, match=r'50 of 50 images .* have no row'):
     evaluate.evaluate(str(run_dir), folder=str(folder), labels_csv=str(bad))
   error = _one_line_error(run_dir, folder, bad)
   assert str(bad) in error and 'relative to' in error
@@ -347,12 +349,12 @@ def test_a_csv_whose_labels_disagree_with_the_folder_is_an_error(run_dir, eval_f
   folder, _, rows = eval_folder
   bad = tmp_path / 'flipped.csv'
   write_csv(bad, [{**r, 'male': 1 - r['male']} if i < 3 else r for i, r in enumerate(rows)])
-  with pytest.raises(evaluate.LabelsCsvError, match=r"'male' column disagrees .* for 3 images"):
+  with pytest.raises(groups_lib.LabelsCsvError, match=r"'male' column disagrees .* for 3 images"):
     evaluate.evaluate(str(run_dir), folder=str(folder), labels_csv=str(bad))
 
 
 def test_labels_csv_needs_a_folder(run_dir, eval_folder):
-  with pytest.raises(evaluate.LabelsCsvError, match='needs --folder'):
+  with pytest.raises(groups_lib.LabelsCsvError, match='needs --folder'):
     evaluate.evaluate(str(run_dir), split='test', labels_csv=str(eval_folder[1]))
 
 
@@ -370,3 +372,31 @@ def test_fitted_temperature_minimises_the_nll_and_recovers_a_known_one():
 def test_perfectly_separated_logits_want_the_smallest_temperature():
   assert stats.fit_temperature([0, 0, 1, 1], [-2.0, -1.0, 1.0, 3.0]) == 1e-2
   assert stats.fit_temperature([1, 1, 0, 0], [-2.0, -1.0, 1.0, 3.0]) == 1e2  # Wrong way round.
+
+
+def test_sigmoid_of_large_logits_is_0_or_1_without_an_overflow_warning():
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    p = stats.sigmoid([-1e4, -800.0, 0.0, 800.0, 1e4])
+  np.testing.assert_array_equal(p, [0.0, 0.0, 0.5, 1.0, 1.0])
+  assert metrics.sigmoid is stats.sigmoid
+
+
+def test_temperature_of_large_separated_logits_is_fitted_without_an_overflow_warning():
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    assert stats.fit_temperature([0, 1], [-1e3, 1e3]) == 1e-2
+
+
+def test_calibration_scales_test_logits_by_the_temperature_fitted_on_validation():
+  labels, logits = _scored(400, seed=5, ties=False)
+  p = np.round(stats.sigmoid(3.0 * logits), 6)  # Overconfident, as a predictions CSV holds it.
+  plain = stats.calibration(labels, p)
+  assert plain == {'ece': stats.expected_calibration_error(labels, p),
+                   'nll': stats.binary_nll(labels, stats.logits_from_probabilities(p)),
+                   'temperature': None}
+  got = stats.calibration(labels, p, labels, p)
+  assert got['temperature'] == stats.fit_temperature(labels, stats.logits_from_probabilities(p))
+  assert got['temperature'] > 1 and got['scaled_nll'] < got['nll']
+  np.testing.assert_allclose(
+      got['scaled_p_male'], stats.sigmoid(stats.logits_from_probabilities(p) / got['temperature']))

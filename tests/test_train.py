@@ -16,8 +16,10 @@ import pytest
 
 from configs import tiny
 from gender_jax import evaluate
+from gender_jax.data import batching
 from gender_jax.models import networks
 from gender_jax.models import pretrained
+from gender_jax.models import weights_folder
 from gender_jax.training import checkpoints
 from gender_jax.training import run_dir
 from gender_jax.training import sharded
@@ -291,7 +293,7 @@ def test_finetuned_blocks_train_and_the_rest_stays_frozen(synthetic_faces, tmp_p
 def test_pretrained_model_without_weights_says_how_to_get_them(synthetic_faces, tmp_path):
   config = tiny_config('vggface', synthetic_faces, tmp_path, allow_random_base=False,
                        weights=str(tmp_path / 'missing'))
-  with pytest.raises(pretrained.MissingWeightsError, match='weights_convert'):
+  with pytest.raises(weights_folder.MissingWeightsError, match='weights_convert'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
@@ -392,3 +394,30 @@ def test_an_epoch_runs_steps_in_flight_ahead_at_most_and_its_bar_counts_steps_do
   assert events == ['dispatch 0', 'dispatch 1', 'dispatch 2', 'wait 0', 'bar 1',
                     'dispatch 3', 'wait 1', 'bar 2', 'bar 4']
   assert state == 4 and totals == {'loss': 6.0, 'count': 4.0}
+
+
+def logits_as_features(variables, features, train=False, rngs=None, method=None):
+  """A model whose logits are its (cached) features: what it scores is what the test gives."""
+  del variables, train, rngs, method
+  return features
+
+
+def test_validate_epoch_gives_the_valid_loss_and_accuracy_of_the_models_logits():
+  logits = np.array([2.0, -1.0, -3.0, 0.5, 4.0, -0.5], np.float32)
+  labels = np.array([1, 0, 1, 0, 1, 0], np.int32)  # Examples 0, 1, 4 and 5 predicted right.
+  split = batching.Split('valid', np.zeros((6, 2, 2, 3), np.uint8), labels, paths=[],
+                         source_dir='')
+  valid = train.validate_epoch(sharded.Mesh.create(), logits_as_features, {}, split,
+                               batch_size=4, features=logits)
+  loss = np.mean(np.logaddexp(0, logits) - labels * logits)
+  assert valid == {'valid_loss': pytest.approx(loss, rel=1e-6), 'valid_accuracy': 4 / 6}
+
+
+def test_the_results_record_holds_the_results_fields_in_order():
+  config = tiny.get_config('custom')
+  record = run_dir.results_record(
+      config=config, metrics={}, best_epoch=1, epochs_trained=2, train_seconds=4.0,
+      feature_seconds=0.0, total_seconds=5.0, images_trained=96, params={}, weights_metadata=None,
+      git_commit=None, devices='1 x cpu', command='pytest')
+  assert tuple(record) == run_dir.RESULTS_FIELDS
+  assert record['train_images_per_second'] == 24.0 and record['config'] == config.to_dict()

@@ -27,6 +27,7 @@ from gender_jax import cli
 from gender_jax.models import networks
 from gender_jax.models import preprocessing
 from gender_jax.models import pretrained
+from gender_jax.models import weights_folder
 from weights_convert import __main__ as command
 from weights_convert import convert, download, mtcnn
 
@@ -313,7 +314,7 @@ def _metadata_of(source, converted_weights):
   """What a converted folder of `source` records (mtcnn: as a facenet-pytorch wheel's)."""
   if source == 'mtcnn':
     return {'source': 'mtcnn', 'architecture': 'mtcnn',
-            'wheel_file': mtcnn.WHEEL_URL.rsplit('/', 1)[-1], 'wheel_sha256': mtcnn.WHEEL_SHA256}
+            'wheel_file': mtcnn.WHEEL_FILE, 'wheel_sha256': mtcnn.WHEEL_SHA256}
   return json.loads((converted_weights[source] / 'metadata.json').read_text())
 
 
@@ -429,18 +430,20 @@ def test_help_lists_only_the_converters_flags(tmp_path):
   assert 'python -m weights_convert --source vggface --download --out weights/vggface' in (
       result.stdout)
   listed = set(re.findall(r'^  (--\S+?):', result.stdout, re.MULTILINE))
-  assert listed == {'--source', '--h5', '--wheel', '--pt-dir', '--[no]download', '--out',
-                    '--[no]overwrite', '--sha256', '--cache-dir'}, result.stdout
+  assert listed == {'--source', '--h5', '--wheel', '--pt-dir', '--tarball', '--model-dir',
+                    '--[no]download', '--out', '--[no]overwrite', '--sha256', '--cache-dir'}, (
+                        result.stdout)
   assert '--verbosity' not in result.stdout and '--config' not in result.stdout
 
 
 @pytest.mark.parametrize('args,says', [
     (['--source', 'vggface', '--h5', 'x.h5'], 'error: --out is required'),
     (['--source', 'vggface', '--h5', 'x.h5', '--download', '--out', 'w'],
-     'give exactly one of --h5 FILE, --wheel FILE, --pt-dir DIR or --download.'),
+     'give exactly one of --h5 FILE, --wheel FILE, --pt-dir DIR, --tarball FILE, --model-dir DIR '
+     'or --download.'),
     (['--source', 'vggface', '--nodownload', '--out', 'w'], 'give exactly one of --h5 FILE'),
     (['--source', 'vgg', '--h5', 'x.h5', '--out', 'w'],
-     'flag --source=vgg: value should be one of <imagenet|vggface|mtcnn>'),
+     'flag --source=vgg: value should be one of <imagenet|vggface|mtcnn|face_resnet>'),
     (['--source', 'vggface', '--pt_dir', 'x', '--out', 'w'], 'Did you mean: pt-dir'),
 ])
 def test_command_line_mistakes_are_one_line(args, says, tmp_path):
@@ -511,7 +514,7 @@ def test_download_then_convert_from_the_command_line(local_urls, keras_nets, tmp
 # --- pretrained.load ---
 
 def test_load_of_a_missing_folder_says_how_to_make_it(tmp_path):
-  with pytest.raises(pretrained.MissingWeightsError) as error:
+  with pytest.raises(weights_folder.MissingWeightsError) as error:
     pretrained.load(tmp_path / 'nowhere', 'vggface')
   message = str(error.value)
   for text in [str(tmp_path / 'nowhere'),
@@ -527,7 +530,7 @@ def test_load_of_an_incomplete_folder_is_missing_weights(part, vggface_dir, tmp_
   folder = tmp_path / 'w'
   shutil.copytree(vggface_dir, folder)
   (shutil.rmtree if part == 'params' else pathlib.Path.unlink)(folder / part)
-  with pytest.raises(pretrained.MissingWeightsError, match=f'{part} is missing'):
+  with pytest.raises(weights_folder.MissingWeightsError, match=f'{part} is missing'):
     pretrained.load(folder, 'vggface')
 
 
@@ -535,12 +538,12 @@ def test_load_of_damaged_params_is_missing_weights(vggface_dir, tmp_path):
   folder = tmp_path / 'w'
   shutil.copytree(vggface_dir, folder)
   (folder / 'params' / '_METADATA').unlink()
-  with pytest.raises(pretrained.MissingWeightsError, match='params do not restore'):
+  with pytest.raises(weights_folder.MissingWeightsError, match='params do not restore'):
     pretrained.load(folder, 'vggface')
 
 
 def test_load_refuses_another_sources_weights(vggface_dir):
-  with pytest.raises(pretrained.WeightsMismatchError, match="holds 'vggface' weights"):
+  with pytest.raises(weights_folder.WeightsMismatchError, match="holds 'vggface' weights"):
     pretrained.load(vggface_dir, networks.REGISTRY['vgg16'].weights_source)
 
 
@@ -560,7 +563,7 @@ def test_load_of_another_sources_weights_suggests_another_folder(held, need, con
                                                                  monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
   folder = _folder_of(held, tmp_path / 'w', converted_weights)
-  with pytest.raises(pretrained.WeightsMismatchError) as error:
+  with pytest.raises(weights_folder.WeightsMismatchError) as error:
     pretrained.load(folder, need)
   message = str(error.value)
   assert f"{folder} holds {held!r} weights, but this model needs {need!r} weights." in message
@@ -574,7 +577,7 @@ def test_suggested_folder_skips_one_that_holds_other_weights_too(converted_weigh
                                                                  tmp_path):
   monkeypatch.chdir(tmp_path)
   _folder_of('vggface', tmp_path / 'weights' / 'imagenet', converted_weights)
-  with pytest.raises(pretrained.WeightsMismatchError) as error:
+  with pytest.raises(weights_folder.WeightsMismatchError) as error:
     pretrained.load(tmp_path / 'weights' / 'imagenet', 'imagenet')
   message = str(error.value)
   assert '--config.weights=weights/imagenet_2 ' in message
@@ -584,7 +587,7 @@ def test_suggested_folder_skips_one_that_holds_other_weights_too(converted_weigh
 def test_load_of_a_folder_of_other_files_suggests_another_folder(monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
   (tmp_path / 'w' / 'params').mkdir(parents=True)
-  with pytest.raises(pretrained.MissingWeightsError) as error:
+  with pytest.raises(weights_folder.MissingWeightsError) as error:
     pretrained.load(tmp_path / 'w', 'vggface')
   message = str(error.value)
   assert (f'{tmp_path / "w"} holds params/, not converted weights (no metadata.json); '
@@ -595,7 +598,7 @@ def test_load_of_a_folder_of_other_files_suggests_another_folder(monkeypatch, tm
 def test_unset_weights_folder_suggests_a_free_one(converted_weights, monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
   _folder_of('imagenet', tmp_path / 'weights' / 'vggface', converted_weights)
-  with pytest.raises(pretrained.MissingWeightsError) as error:
+  with pytest.raises(weights_folder.MissingWeightsError) as error:
     pretrained.load('', 'vggface')
   message = str(error.value)
   assert 'pass --config.weights=weights/vggface_2.' in message
@@ -605,8 +608,8 @@ def test_unset_weights_folder_suggests_a_free_one(converted_weights, monkeypatch
 def test_convert_target_of_the_face_detector(converted_weights, monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
   folder = _folder_of('vggface', tmp_path / 'w', converted_weights)
-  out, held = pretrained.convert_target(folder, 'mtcnn')
+  out, held = weights_folder.convert_target(folder, 'mtcnn')
   assert out == 'weights/mtcnn' and held.startswith('holds vggface weights (converted from ')
   mtcnn_folder = _folder_of('mtcnn', tmp_path / 'm', converted_weights)
-  assert pretrained.convert_target(mtcnn_folder, 'mtcnn') == (str(mtcnn_folder), '')
-  assert pretrained.convert_target(tmp_path / 'new', 'mtcnn') == (str(tmp_path / 'new'), '')
+  assert weights_folder.convert_target(mtcnn_folder, 'mtcnn') == (str(mtcnn_folder), '')
+  assert weights_folder.convert_target(tmp_path / 'new', 'mtcnn') == (str(tmp_path / 'new'), '')

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from gender_jax.models import networks
 from gender_jax.models import pretrained
+from gender_jax.models import weights_folder
 from gender_jax import UserError
 
 # keras-vggface names its VGG16 convolutions conv{b}_{i} where Keras has block{b}_conv{i}.
@@ -209,7 +210,7 @@ def check_out(out_dir, source, overwrite=False):
   out_dir = pathlib.Path(out_dir).expanduser()
   if out_dir.exists() and not out_dir.is_dir():
     raise ConversionError(f'{out_dir}: exists and is not a folder; choose another --out.')
-  held = pretrained.in_the_way(out_dir, source)
+  held = weights_folder.in_the_way(out_dir, source)
   if held and not overwrite:
     raise ConversionError(f'{out_dir} {held}; converting {source} there would replace them. '
                           f'Choose another --out, or pass --overwrite to replace them.')

@@ -12,15 +12,15 @@ import zipfile
 
 import numpy as np
 
-from gender_jax.faces import detect
+from gender_jax.faces import mtcnn
 from weights_convert import convert, torch_legacy
 
 PT_FILES = {'pnet': 'pnet.pt', 'rnet': 'rnet.pt', 'onet': 'onet.pt'}
 WHEEL_MEMBER = 'facenet_pytorch/data/{}'
-# The file's address as PyPI's simple index lists it (https://pypi.org/simple/facenet-pytorch/).
-WHEEL_URL = ('https://files.pythonhosted.org/packages/ed/2e/'
-             '2d56386bc2f834cdc683743903852cf1428b4e5ee119f16cf808b589d3cd/'
-             'facenet_pytorch-2.6.0-py3-none-any.whl')
+# The wheel is fetched with `pip download`, so the user's own pip configuration (index, mirrors,
+# proxies) decides where from; its sha256 is pinned.
+WHEEL_REQUIREMENT = 'facenet-pytorch==2.6.0'
+WHEEL_FILE = 'facenet_pytorch-2.6.0-py3-none-any.whl'
 WHEEL_SHA256 = 'ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca'
 
 
@@ -94,7 +94,7 @@ def _to_flax(name, state_dict, expected):
 def read_params(files, origin):
   """Flax params {'pnet', 'rnet', 'onet'} from the three .pt files' bytes; `origin` names where
   they came from in errors."""
-  expected = detect.param_shapes()
+  expected = mtcnn.param_shapes()
   params = {}
   for name, file_name in PT_FILES.items():
     try:

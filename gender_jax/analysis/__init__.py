@@ -1,1 +1,2 @@
-"""Numbers from predictions: metrics, statistics (intervals, tests, calibration), groups, saliency."""
+"""Numbers from predictions: metrics, statistics (intervals, tests, calibration), groups,
+saliency."""

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 INTERVAL_METRICS = ('accuracy', 'balanced_accuracy', 'roc_auc')
+CALIBRATION_BINS = 15  # Equal-width bins of P(male) for the calibration error.
 # Resampled indices held at once: bounds memory (8 bytes each) on large evaluation sets.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -145,7 +146,22 @@ def mcnemar_exact(correct_a, correct_b):
   return {'b': b, 'c': c, 'p_value': p_value}
 
 
-def reliability_bins(labels, probabilities, num_bins=15):
+def sigmoid(logits):
+  """P(male) of male logits, in float64; exactly 0 or 1 where |logits| is large."""
+  logits = np.asarray(logits, np.float64)
+  # Below a logit of -709, exp(-logits) overflows to inf and 1 / (1 + inf) is the exact limit,
+  # 0: the one form is accurate everywhere, so only the warning is silenced.
+  with np.errstate(over='ignore'):
+    return 1 / (1 + np.exp(-logits))
+
+
+def mean_sd(values):
+  """Mean and sample standard deviation (0 for a single value)."""
+  values = np.asarray(values, np.float64)
+  return values.mean(), (values.std(ddof=1) if len(values) > 1 else 0.0)
+
+
+def reliability_bins(labels, probabilities, num_bins=CALIBRATION_BINS):
   """Equal-width bins of P(male) on [0, 1]: {'edges', 'count', 'mean_p_male', 'fraction_male'}.
 
   Bin i holds [edges[i], edges[i+1]) (the last includes 1). A calibrated model's fraction_male
@@ -162,7 +178,7 @@ def reliability_bins(labels, probabilities, num_bins=15):
   return {'edges': edges, 'count': count, 'mean_p_male': mean_p, 'fraction_male': fraction}
 
 
-def expected_calibration_error(labels, probabilities, num_bins=15):
+def expected_calibration_error(labels, probabilities, num_bins=CALIBRATION_BINS):
   """Sum over bins of P(male) of (share of examples) x |fraction male - mean P(male)|."""
   bins = reliability_bins(labels, probabilities, num_bins)
   gaps = np.abs(bins['fraction_male'] - bins['mean_p_male'])
@@ -185,7 +201,7 @@ def fit_temperature(labels, logits, low=1e-2, high=1e2):
   """
   labels = np.asarray(labels, np.float64)
   logits = np.asarray(logits, np.float64)
-  slope = lambda beta: np.mean(logits * (1 / (1 + np.exp(-beta * logits)) - labels))
+  slope = lambda beta: np.mean(logits * (sigmoid(beta * logits) - labels))
   lo, hi = math.log(1 / high), math.log(1 / low)
   if slope(math.exp(lo)) >= 0:
     return high
@@ -195,6 +211,32 @@ def fit_temperature(labels, logits, low=1e-2, high=1e2):
     mid = (lo + hi) / 2
     lo, hi = (mid, hi) if slope(math.exp(mid)) < 0 else (lo, mid)
   return float(1 / math.exp((lo + hi) / 2))
+
+
+def logits_from_probabilities(p_male):
+  """Logits back from P(male) rounded to 6 decimals (a predictions CSV's): 0 and 1 are clipped
+  to 1e-6 from either end, so they stay finite."""
+  p = np.clip(p_male, 1e-6, 1 - 1e-6)
+  return np.log(p) - np.log1p(-p)
+
+
+def calibration(labels, p_male, valid_labels=None, valid_p_male=None,
+                num_bins=CALIBRATION_BINS):
+  """ECE and NLL of P(male), and after temperature scaling fitted on validation predictions.
+
+  Returns {'ece', 'nll', 'temperature'}; temperature is None without validation predictions,
+  else the fitted T, with 'scaled_p_male', 'scaled_ece' and 'scaled_nll' of the logits / T.
+  """
+  logits = logits_from_probabilities(p_male)
+  result = {'ece': expected_calibration_error(labels, p_male, num_bins),
+            'nll': binary_nll(labels, logits), 'temperature': None}
+  if valid_p_male is not None:
+    temperature = fit_temperature(valid_labels, logits_from_probabilities(valid_p_male))
+    scaled = sigmoid(logits / temperature)
+    result.update(temperature=temperature, scaled_p_male=scaled,
+                  scaled_ece=expected_calibration_error(labels, scaled, num_bins),
+                  scaled_nll=binary_nll(labels, logits / temperature))
+  return result
 
 
 def _accuracies(labels, correct):

@@ -1,1 +1,2 @@
-"""Face folders to batches: the dataset, the protocol's draw, cached inputs, augmentation, batches."""
+"""Face folders to batches: the dataset, the protocol's draw, cached inputs, augmentation,
+batches."""

@@ -25,7 +25,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config_check.check(FLAGS.config)
-  print('\n'.join(protocol.load_protocol(FLAGS.config, FLAGS.workdir)[1]))
+  print('\n'.join(protocol.load_protocol(FLAGS.config, FLAGS.workdir).summary))
 
 
 if __name__ == '__main__':

@@ -1,9 +1,10 @@
-"""Training images changed at random: flips and shifts, then zoom, stretch, rotation, framing and
-colour, each from ranges the config gives (all on the host, in numpy)."""
+"""A training epoch's batches, augmented: flips and shifts, then zoom, stretch, rotation, framing
+and colour, each from ranges the config gives (all on the host, in numpy)."""
 import dataclasses
 
 import numpy as np
 
+from gender_jax.data import batching
 from gender_jax.faces import align
 
 
@@ -106,3 +107,39 @@ def jitter_frame(images, factors):
     x1, y1 = size - 1 - int(right * size), size - 1 - int(bottom * size)
     out[i] = images[i][np.clip(positions, y0, y1)][:, np.clip(positions, x0, x1)]
   return out
+
+
+def train_batches(split, batch_size, *, seed, epoch, flip, shift=0.0, jitter=Jitter(),
+                  with_images=True, process_index=None, process_count=None):
+  """Yields this process's slice of each global training batch of one epoch.
+
+  The order, flips, shifts and jitter are drawn for the whole epoch from (seed, epoch), so the
+  global batches are the same for any number of processes. Keys: 'index', 'flip', 'label' and, if
+  with_images, 'image' (uint8, flipped and shifted by up to shift * size pixels, then jittered).
+  """
+  steps = batching.num_train_steps(split, batch_size)
+  if not steps:
+    raise ValueError(f'The {split.name} split has {len(split)} examples, fewer than one batch '
+                     f'of {batch_size}.')
+  local = batching.process_slice(batch_size, process_index, process_count)
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(len(split))
+  flips = (rng.random(len(split)) < 0.5) & bool(flip)
+  size = split.images.shape[1]
+  max_shift = int(shift * size)
+  shifts = rng.integers(-max_shift, max_shift + 1, size=(len(split), 2))
+  factors = jitter.draw(rng, len(split))  # Drawn last: flips and shifts stay as they were.
+  for step in range(steps):
+    rows = np.arange(step * batch_size, (step + 1) * batch_size)[local]
+    index = order[rows]
+    batch = {'index': index.astype(np.int32), 'flip': flips[rows], 'label': split.labels[index]}
+    if with_images:
+      images = augment(split.images[index], flips[rows], shifts[rows])
+      if jitter.geometric:
+        images = jitter_geometry(images, factors[rows])
+      if any(jitter.frame):
+        images = jitter_frame(images, factors[rows])
+      if jitter.photometric:
+        images = jitter_colour(images, factors[rows])
+      batch['image'] = images
+    yield batch

@@ -1,13 +1,13 @@
 """A TFDS dataset built from a folder of face images sorted into male/female sub-folders.
 
-The folder is scanned, files not named as images (hidden ones, README.txt, Thumbs.db...) are
-skipped and counted, every image is decoded once to check it (gender_jax/data/image_files.py), and
-the good ones are written as ArrayRecord under `tfds_dir`, read back with `as_data_source` (no
-TensorFlow needed). Each example keeps the file's bytes verbatim (lossless and about 10x smaller
-than decoded pixels, which gender_jax/data/input_cache.py caches per image size), its label and its path
-relative to the folder. The builder config is named after a fingerprint of the folder's file
-list, sizes and mtimes, so a changed folder gets a fresh build and an unchanged one is reused; the
-folder is never written to.
+The folder is scanned, files not named as images (hidden ones, README.txt, Thumbs.db...) are skipped
+and counted, every image is decoded once to check it (gender_jax/data/image_files.py), and the good
+ones are written as ArrayRecord under `tfds_dir`, read back with `as_data_source` (no TensorFlow
+needed). Each example keeps the file's bytes verbatim (lossless and about 10x smaller than decoded
+pixels, which gender_jax/data/input_cache.py caches per image size), its label and its path relative
+to the folder. The builder config is named after a fingerprint of the folder's file list, sizes and
+mtimes, so a changed folder gets a fresh build and an unchanged one is reused; the folder is never
+written to.
 """
 import contextlib
 import dataclasses
@@ -155,8 +155,8 @@ def scan_folder(path):
   root = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(root):
     raise FolderError(
-        f'Face folder {path!r} ({root}) does not exist. Point config.data_dir (or the '
-        f'GENDER_JAX_DATA variable, or --data_dir) at a folder laid out as '
+        f'Face folder {path!r} ({root}) does not exist. Point config.data_dir (--config.data_dir, '
+        f'or the GENDER_JAX_DATA variable) at a folder laid out as '
         f'{{train,valid,test}}/{{male,female}}/*.jpg or {{male,female}}/*.jpg.')
   while True:
     found, splits, unknown_splits = _match(root, SPLIT_NAMES, 'split')

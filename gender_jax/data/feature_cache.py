@@ -14,7 +14,6 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from gender_jax.data import batching
 from gender_jax.data import face_dataset
 from gender_jax.data import record_files
 
@@ -70,7 +69,7 @@ def _features(split, key, encode):
         record_files.write_done(base, done)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'features {base}')
-  return batching.Rows(record_files.RecordArray(base + '.npy'), records.rows)
+  return record_files.Rows(record_files.RecordArray(base + '.npy'), records.rows)
 
 
 def feature_batch(batch, features):

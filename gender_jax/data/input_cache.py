@@ -1,24 +1,21 @@
 """The drawn records decoded, their faces found and made into the model's inputs once, on disk.
 
-For a built dataset (gender_jax/data/face_dataset.py), `cached_landmarks` finds the faces of a split's
-records and `cached_images` makes their model inputs: resized, or aligned onto the run's template
-with those landmarks (gender_jax/align.py). Both are kept in the dataset's folder with a row per
-record of the split (gender_jax/data/record_files.py), filled in as protocols ask for rows, and named
-after what made them, so another size, resize, detector (weights or FACE_FINDING_VERSION) or
-template gets a cache of its own.
+For a built dataset (gender_jax/data/face_dataset.py), `cached_landmarks` finds the faces of a
+split's records and `cached_images` makes their model inputs: resized, or aligned onto the run's
+template with those landmarks (gender_jax/faces/inputs.py). Both are kept in the dataset's folder
+with a row per record of the split (gender_jax/data/record_files.py), filled in as protocols ask for
+rows, and named after what made them, so another size, resize, detector (weights or
+FACE_FINDING_VERSION) or template gets a cache of its own.
 `folder_images` makes the same inputs in memory for a folder loaded without a dataset. Every file
 is decoded by gender_jax/data/image_files.py.
 """
 import concurrent.futures
-import hashlib
-import json
 import os
 from typing import NamedTuple
 
 import numpy as np
 import tqdm
 
-from gender_jax.data import batching
 from gender_jax.data import face_dataset
 from gender_jax.data import image_files
 from gender_jax.data import record_files
@@ -26,19 +23,6 @@ from gender_jax.faces import align
 
 _WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in memory at once.
 _DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
-# The face finding that cached landmarks come from: bump it with any change to gender_jax/faces/ or
-# to the blocks of cached_landmarks that moves a landmark, so caches made before are not reused.
-# Version 2: fixed blocks of _DETECT_WINDOW records.
-FACE_FINDING_VERSION = 2
-
-
-def detector_id(weights_metadata):
-  """An id of the MTCNN weights (their metadata) and of FACE_FINDING_VERSION, for cache names.
-
-  Cached landmarks and the faces aligned with them are named by it.
-  """
-  key = {'weights': weights_metadata.get('pt_sha256'), 'version': FACE_FINDING_VERSION}
-  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class Records(NamedTuple):
@@ -88,41 +72,27 @@ def _decode_convert(read, rows, convert, out, progress):
   return bad
 
 
-def _converter(config, marks=None):
-  """convert(image, row) -> the model's input; aligned where marks.found[row], else resized."""
-  size, resize = config.image_size, config.resize
-  if config.face_align == 'none':
-    return lambda image, row: align.resize_image(image, size, resize)
-  template = np.asarray(config.face_template, np.float32).reshape(align.NUM_LANDMARKS, 2)
-
+def _converter(face_input, marks=None):
+  """convert(image, row) -> the model's input: aligned by marks where a face was found at row."""
   def convert(image, row):
-    if marks.found[row]:
-      return align.align_face(np.asarray(image), marks.points[row], template, size)
-    return align.resize_image(image, size, resize)
+    found = marks is not None and marks.found[row]
+    return face_input.inputs(image, marks.points[row] if found else None)
   return convert
 
 
-def _input_key(config, detector_id=None):
-  """Names what a cached image was made with: size, resize and, if aligned, detector + template."""
-  key = f'{config.image_size}px-{config.resize}'
-  if config.face_align != 'none':
-    template = np.asarray(config.face_template, np.float32).tobytes()
-    key += f'-{config.face_align}-{detector_id}-{hashlib.sha256(template).hexdigest()[:12]}'
-  return key
+def cached_images(builder, split, rows, face_input, detector_id=None, marks=None):
+  """The model's inputs (faces.inputs.FaceInput) of records `rows` of a built split, made once per
+  what makes them.
 
-
-def cached_images(builder, split, rows, config, detector_id=None, marks=None):
-  """The model's inputs of records `rows` of a built split, made once per what makes them.
-
-  marks: the split's Landmarks (cached_landmarks) when config aligns faces. The cache lives in the
-  dataset's folder (named by the folder's fingerprint) and holds every record of the split,
+  marks: the split's Landmarks (cached_landmarks) when face_input aligns faces. The cache lives in
+  the dataset's folder (named by the folder's fingerprint) and holds every record of the split,
   filled in as protocols ask for them, with a mask of the filled ones. Returns (the images, uint8
   (len(rows), S, S, 3) read from disk when indexed; their Records).
   """
-  key, convert = _input_key(config, detector_id), _converter(config, marks)
+  key, convert = face_input.cache_key(detector_id), _converter(face_input, marks)
   base = os.path.join(os.fspath(builder.data_dir), f'decoded-{split}-{key}')
   num_records = builder.info.splits[split].num_examples
-  size = config.image_size
+  size = face_input.size
   with face_dataset.locked(base + '.lock'):
     images = record_files.open_array(base, (num_records, size, size, 3), np.uint8)
     done = record_files.read_done(base, num_records)
@@ -138,7 +108,7 @@ def cached_images(builder, split, rows, config, detector_id=None, marks=None):
       images.flush()
       done[todo] = True
       record_files.write_done(base, done)
-  return batching.Rows(images, rows), Records(base, num_records, rows)
+  return record_files.Rows(images, rows), Records(base, num_records, rows)
 
 
 def _damaged(builder):
@@ -199,20 +169,21 @@ def cached_landmarks(builder, split, rows, detector, detector_id):
     return marks
 
 
-def folder_images(root, rels, config, detector=None):
-  """The model's inputs of the files root/rels, made in memory: no dataset, no cache.
+def folder_images(root, rels, face_input, detector=None):
+  """The model's inputs (faces.inputs.FaceInput) of the files root/rels, made in memory: no
+  dataset, no cache.
 
-  Faces are found by `detector` when config aligns them. Returns (uint8 (N, S, S, 3) images,
+  Faces are found by `detector` when face_input aligns them. Returns (uint8 (N, S, S, 3) images,
   zeros where undecodable; bool (N,) where a face was found, all True without a detector;
   [(k, reason)] of the files that could not be read or decoded, by k).
   """
   read = lambda k: face_dataset.read_file(root, rels[k])
-  images = np.zeros((len(rels), config.image_size, config.image_size, 3), np.uint8)
+  images = np.zeros((len(rels), face_input.size, face_input.size, 3), np.uint8)
   bad, marks = [], None
   if detector:
     marks = _folder_landmarks(read, len(rels), detector, bad)
   with tqdm.tqdm(total=len(rels), desc=f'Decoding {root}', unit=' img') as bar:
-    bad += _decode_convert(read, np.arange(len(rels)), _converter(config, marks), images, bar)
+    bad += _decode_convert(read, np.arange(len(rels)), _converter(face_input, marks), images, bar)
   found = np.ones(len(rels), bool) if marks is None else marks.found
   return images, found, sorted(dict(bad).items())
 

@@ -16,7 +16,8 @@ import tqdm
 from gender_jax.data import batching
 from gender_jax.data import face_dataset
 from gender_jax.data import input_cache
-from gender_jax.faces import align
+from gender_jax.faces import detect
+from gender_jax.faces import inputs
 from gender_jax import LABELS
 from gender_jax.training import run_dir
 
@@ -132,63 +133,66 @@ def _summary(builder, index, drawn):
                                if meta.get('skipped_files') else '')]
 
 
-def load_detector(config):
-  """(detector, its input_cache.detector_id for cache names) when config.face_align finds faces.
+class Protocol(NamedTuple):
+  """A protocol's loaded splits, how their images became inputs, and the data summary."""
+  splits: dict  # Split name -> batching.Split.
+  face_input: inputs.FaceInput  # Its template derived from the training faces if none was given.
+  summary: list  # Lines of the table: files, bad files, usable and drawn images per split.
 
-  (None, None) for 'none'. Raises pretrained.MissingWeightsError, with the command that makes
-  them, when config.face_detector_weights holds no converted MTCNN.
+
+def face_finder(face_input):
+  """The MTCNN detector that face_input finds faces with; None where it resizes whole images.
+
+  Raises weights_folder.MissingWeightsError, with the command that makes them, when
+  face_input.detector_weights holds no converted MTCNN.
   """
-  if config.face_align == 'none':
-    return None, None
-  from gender_jax.faces import detect  # pylint: disable=g-import-not-at-top
-  params, metadata = detect.load_params(config.face_detector_weights)
-  return detect.Detector(params), input_cache.detector_id(metadata)
+  return detect.load_detector(face_input.detector_weights) if face_input.aligns else None
 
 
-def set_face_template(config, train_marks):
-  """Fills an empty config.face_template from the training faces, so the run records it."""
-  if config.face_align == 'none' or len(config.face_template):
-    return
+def _with_template(face_input, train_marks):
+  """face_input with its template derived from the training faces' landmarks, if it has none."""
+  if not face_input.aligns or face_input.template:
+    return face_input
   if train_marks is None:
     raise ValueError('config.face_template is empty and no train split is loaded to derive it '
                      f'from; give the run\'s template (its {run_dir.CONFIG} has it).')
   found = train_marks.found
-  template = align.derive_template(train_marks.points[found], train_marks.sizes[found],
-                                   config.resize, config.face_zoom)
-  config.face_template = tuple(round(float(v), 6) for v in template.ravel())
+  return face_input.with_derived_template(train_marks.points[found], train_marks.sizes[found])
 
 
 def load_protocol(config, workdir=None, splits=SPLITS):
-  """load_splits, also returning the summary table's lines, printing nothing."""
+  """load_splits without printing the summary."""
   builder = face_dataset.build(config.data_dir, config.tfds_dir, config.max_bad_fraction)
   index = {s: face_dataset.read_index(builder, s) for s in builder.info.splits}
   drawn = draw_protocol(index, {s: int(config[f'num_{s}']) for s in splits}, config.seed)
   if workdir:  # Checked before decoding, which is the slow part.
     for name, (source, _, rows) in drawn.items():
       _write_file_list(workdir, name, [index[source][0][r] for r in rows], index[source][1][rows])
-  detector, detector_id = load_detector(config)
+  face_input = inputs.FaceInput.from_config(config)
+  detector = face_finder(face_input)
   marks = {}
   if detector:
-    marks = {name: input_cache.cached_landmarks(builder, source, rows, detector, detector_id)
+    marks = {name: input_cache.cached_landmarks(builder, source, rows, detector, detector.id)
              for name, (source, _, rows) in drawn.items()}
-    set_face_template(config, marks['train'].take(drawn['train'].rows)
-                      if 'train' in marks else None)
+    face_input = _with_template(
+        face_input, marks['train'].take(drawn['train'].rows) if 'train' in marks else None)
   loaded, face_lines = {}, []
   for name, (source, _, rows) in drawn.items():
     paths, labels = index[source]
-    images, records = input_cache.cached_images(builder, source, rows, config, detector_id,
-                                            marks.get(name))
-    split = batching.Split(name=name, images=images, labels=labels[rows], paths=[paths[r] for r in rows],
-                  source_dir=builder.info.metadata['source_dir'], records=records)
+    images, records = input_cache.cached_images(builder, source, rows, face_input,
+                                                detector and detector.id, marks.get(name))
+    split = batching.Split(name=name, images=images, labels=labels[rows],
+                           paths=[paths[r] for r in rows],
+                           source_dir=builder.info.metadata['source_dir'], records=records)
     if marks:
       found = marks[name].found[rows]
       if workdir:
         _write_file_list(workdir, f'no_face_{name}', [paths[r] for r in rows[~found]],
                          labels[rows[~found]])
-      split = _missing_faces(split, found, config.face_missing)
-      face_lines.append(_face_line(split, len(rows), config.face_missing))
+      split = _missing_faces(split, found, face_input.missing)
+      face_lines.append(_face_line(split, len(rows), face_input.missing))
     loaded[name] = split
-  return loaded, _summary(builder, index, drawn) + face_lines
+  return Protocol(loaded, face_input, _summary(builder, index, drawn) + face_lines)
 
 
 def _missing_faces(split, found, how):
@@ -211,37 +215,39 @@ def _face_line(split, drawn, how):
 
 
 def load_splits(config, workdir=None, splits=SPLITS):
-  """Loads the protocol's splits of config.data_dir as the model's inputs (config.image_size).
+  """Loads the protocol's splits of config.data_dir as the model's inputs: a Protocol.
 
   Builds or reuses the folder's TFDS dataset under config.tfds_dir, draws num_train/num_valid/
   num_test with config.seed, and writes workdir/protocol/<split>.txt when workdir is given. With
-  face alignment, fills an empty config.face_template from the training faces.
+  face alignment and no config.face_template, the Protocol's face_input holds the template
+  derived from the training faces (the config is left as it is). Prints the data summary.
   """
-  loaded, table = load_protocol(config, workdir, splits)
+  loaded = load_protocol(config, workdir, splits)
   if jax.process_index() == 0:
-    for line in table:
+    for line in loaded.summary:
       tqdm.tqdm.write(line)
   return loaded
 
 
-def load_folder(path, config, detector=None, max_bad_fraction=0.01):
+def load_folder(path, face_input, detector=None, max_bad_fraction=0.01):
   """Loads every image of a labelled folder (any accepted layout) without building a dataset.
 
-  Images become the model's inputs as config says (resized, or their face aligned by
+  Images become the model's inputs as face_input says (resized, or their face aligned by
   `detector`). Undecodable files are left out, logged and listed in the Split's bad_files; more
   than max_bad_fraction of them is an error.
   """
   scan = face_dataset.scan_folder(path)
   examples = sorted(e for v in scan.examples.values() for e in v)
-  images, found, bad = input_cache.folder_images(scan.root, [rel for rel, _ in examples], config,
-                                             detector)
+  images, found, bad = input_cache.folder_images(scan.root, [rel for rel, _ in examples],
+                                                 face_input, detector)
   bad_files = [(examples[k][0], reason) for k, reason in bad]
   for rel, reason in bad_files:
     logging.warning('Left out %s: %s', os.path.join(scan.root, rel), reason)
   if len(bad) > max_bad_fraction * len(examples):
     raise face_dataset.FolderError(
         f'{len(bad)} of {len(examples)} files in {scan.root} could not be decoded, more than '
-        f'max_bad_fraction={max_bad_fraction}: ' + '; '.join(f'{p}: {r}' for p, r in bad_files[:10]))
+        f'max_bad_fraction={max_bad_fraction}: '
+        + '; '.join(f'{p}: {r}' for p, r in bad_files[:10]))
   keep = np.setdiff1d(np.arange(len(examples)), [k for k, _ in bad])
   split = batching.Split(
       name=os.path.basename(scan.root),
@@ -251,6 +257,6 @@ def load_folder(path, config, detector=None, max_bad_fraction=0.01):
       source_dir=scan.root,
       bad_files=bad_files)
   if detector:
-    split = _missing_faces(split, found[keep], config.face_missing)
-    logging.info('%s', _face_line(split, len(keep), config.face_missing))
+    split = _missing_faces(split, found[keep], face_input.missing)
+    logging.info('%s', _face_line(split, len(keep), face_input.missing))
   return split

@@ -74,3 +74,36 @@ def write_done(base, done):
   """Saves the mask of filled rows, atomically, once the rows themselves are on disk."""
   np.save(base + '.done.tmp.npy', done)
   os.replace(base + '.done.tmp.npy', base + '.done.npy')
+
+
+class Rows:
+  """Some rows of an array (a RecordArray on disk, or numpy in memory), read when indexed."""
+
+  def __init__(self, array, rows=None):
+    self.array = array
+    self.rows = np.arange(len(array)) if rows is None else np.asarray(rows)
+
+  def __len__(self):
+    return len(self.rows)
+
+  @property
+  def shape(self):
+    return (len(self.rows), *self.array.shape[1:])
+
+  @property
+  def dtype(self):
+    return self.array.dtype
+
+  def __getitem__(self, index):
+    """The rows at `index` (an int, slice, index array or mask), read into memory."""
+    return np.asarray(self.array[self.rows[index]])
+
+  def __array__(self, dtype=None, copy=None):
+    return np.asarray(self[:], dtype)
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+  def subset(self, index):
+    """The rows at `index`, still where they are."""
+    return Rows(self.array, self.rows[index])

@@ -13,7 +13,6 @@ that config.resize cuts from each image), so aligned CelebA crops look like Cele
 import numpy as np
 from PIL import Image
 
-FACE_ALIGNS = ('none', 'mtcnn')
 RESIZES = ('stretch', 'center_crop')
 # Pillow's bilinear filter (it widens its support when shrinking, so downscaling is antialiased).
 RESIZE_FILTER = Image.Resampling.BILINEAR

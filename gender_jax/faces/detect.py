@@ -1,9 +1,10 @@
 """MTCNN face detection (boxes, scores, 5 landmarks) in Flax, equal to facenet-pytorch's MTCNN.
 
-The three networks are facenet-pytorch's `PNet`, `RNet` and `ONet` (facenet_pytorch/models/
-mtcnn.py) with its weights, converted by `python -m weights_convert --source mtcnn`. The cascade
-is its `detect_face` (models/utils/detect_face.py) with MTCNN's defaults, step for step and in
-float32 like torch, so boxes, scores and landmarks match it (tested against facenet-pytorch):
+The three networks (gender_jax/faces/mtcnn.py) are facenet-pytorch's `PNet`, `RNet` and `ONet`
+(facenet_pytorch/models/mtcnn.py) with its weights, converted by `python -m weights_convert --source
+mtcnn`. The cascade is its `detect_face` (models/utils/detect_face.py) with MTCNN's defaults, step
+for step and in float32 like torch, so boxes, scores and landmarks match it (tested against
+facenet-pytorch):
 
 1. P-Net on an image pyramid ('area' resampling, scale 12 / min_face_size, then x factor while
    the short side stays >= 12 px); cells with face probability >= thresholds[0] become boxes,
@@ -24,157 +25,32 @@ moves nothing, except where a box edge lands within that of an integer (a crop b
 to the other side) and near-tied candidates then swap. On 2,000 CelebA crops and 2,000 UTKFace
 chips, one chip's box differed by more than 1 px (a different candidate of the same face).
 """
+import hashlib
 import json
-import pathlib
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from gender_jax.models import pretrained
+from gender_jax.faces import mtcnn
 
-CONVERT_COMMAND = 'python -m weights_convert --source mtcnn --download --out {}'
-# Batch sizes per network call. On CPU, small batches whose activations stay in cache are up to
-# 2.5x faster per image than large ones (O-Net: 450 us per crop at 32, 1150 us at 512).
+# Batch sizes per network call. On CPU, small batches whose activations stay in cache are
+# faster per image than large ones.
 CROP_BATCH = {'rnet': 64, 'onet': 32}  # Crops per call; the rest goes in powers of two >= 8.
 PNET_CALL_PIXELS = 1 << 16  # Input pixels per P-Net call (images or tiles x height x width).
 PNET_TILE = 64  # Levels larger than this many P-Net cells a side run in tiles of this many.
 MAX_PYRAMID_PIXELS = 1 << 22  # Image pixels per pyramid pass: bounds host memory.
+# The face finding that cached landmarks come from: bump it with any change to gender_jax/faces/
+# or to the blocks of input_cache.cached_landmarks that moves a landmark, so caches made before
+# are not reused. Version 2: fixed blocks of input_cache's detection window.
+FACE_FINDING_VERSION = 2
 
 
-# --- Networks: facenet-pytorch's, in NHWC. ---
-
-class PReLU(nn.Module):
-  """torch.nn.PReLU(num_parameters=C): a learned slope per channel (last axis) below zero."""
-
-  @nn.compact
-  def __call__(self, x):
-    slope = self.param('negative_slope', nn.initializers.constant(0.25), (x.shape[-1],))
-    return jnp.where(x >= 0, x, slope * x)
-
-
-def max_pool_ceil(x, window, stride):
-  """torch's MaxPool2d(window, stride, ceil_mode=True): a last, partial window where the input
-  does not divide evenly (padded with -inf, so it is the max of what the window covers)."""
-  pads = []
-  for n in x.shape[1:3]:
-    out = -(-(n - window) // stride) + 1
-    pads.append((0, (out - 1) * stride + window - n))
-  return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
-
-
-def _torch_flatten(x):
-  """facenet-pytorch flattens NCHW features permuted to (N, W, H, C); the dense weights expect it."""
-  return x.transpose(0, 2, 1, 3).reshape(x.shape[0], -1)
-
-
-class PNet(nn.Module):
-  """MTCNN's proposal network: a 12x12 window every 2 px -> (box regression, face probability)."""
-
-  @nn.compact
-  def __call__(self, x, valid=None):
-    """x: (B, H, W, 3) normalised images. `valid` (B, 2): each image's true (h, w) when x is
-    zero-padded below and right to a shared shape; outputs from row `pnet_cells(h)` (and column
-    `pnet_cells(w)`) on are then meaningless, the others equal the unpadded image's."""
-    x = PReLU(name='prelu1')(nn.Conv(10, (3, 3), padding='VALID', name='conv1')(x))
-    if valid is not None:
-      # Padded pixels must not enter the ceil-mode pool's last, partial window.
-      rows = jnp.arange(x.shape[1]) < valid[:, :1] - 2
-      cols = jnp.arange(x.shape[2]) < valid[:, 1:] - 2
-      x = jnp.where(rows[:, :, None, None] & cols[:, None, :, None], x, -jnp.inf)
-      x = max_pool_ceil(x, 2, 2)
-      x = jnp.where(jnp.isneginf(x), 0.0, x)  # No inf * weight = NaN in the ignored outputs.
-    else:
-      x = max_pool_ceil(x, 2, 2)
-    x = PReLU(name='prelu2')(nn.Conv(16, (3, 3), padding='VALID', name='conv2')(x))
-    x = PReLU(name='prelu3')(nn.Conv(32, (3, 3), padding='VALID', name='conv3')(x))
-    prob = nn.softmax(nn.Conv(2, (1, 1), name='conv4_1')(x), axis=-1)
-    return nn.Conv(4, (1, 1), name='conv4_2')(x), prob
-
-
-class RNet(nn.Module):
-  """MTCNN's refinement network: 24x24 crops -> (box regression, face probability)."""
-
-  @nn.compact
-  def __call__(self, x):
-    x = PReLU(name='prelu1')(nn.Conv(28, (3, 3), padding='VALID', name='conv1')(x))
-    x = max_pool_ceil(x, 3, 2)
-    x = PReLU(name='prelu2')(nn.Conv(48, (3, 3), padding='VALID', name='conv2')(x))
-    x = max_pool_ceil(x, 3, 2)
-    x = PReLU(name='prelu3')(nn.Conv(64, (2, 2), padding='VALID', name='conv3')(x))
-    x = PReLU(name='prelu4')(nn.Dense(128, name='dense4')(_torch_flatten(x)))
-    prob = nn.softmax(nn.Dense(2, name='dense5_1')(x), axis=-1)
-    return nn.Dense(4, name='dense5_2')(x), prob
-
-
-class ONet(nn.Module):
-  """MTCNN's output network: 48x48 crops -> (box regression, 10 landmark coords, probability)."""
-
-  @nn.compact
-  def __call__(self, x):
-    x = PReLU(name='prelu1')(nn.Conv(32, (3, 3), padding='VALID', name='conv1')(x))
-    x = max_pool_ceil(x, 3, 2)
-    x = PReLU(name='prelu2')(nn.Conv(64, (3, 3), padding='VALID', name='conv2')(x))
-    x = max_pool_ceil(x, 3, 2)
-    x = PReLU(name='prelu3')(nn.Conv(64, (3, 3), padding='VALID', name='conv3')(x))
-    x = max_pool_ceil(x, 2, 2)
-    x = PReLU(name='prelu4')(nn.Conv(128, (2, 2), padding='VALID', name='conv4')(x))
-    x = PReLU(name='prelu5')(nn.Dense(256, name='dense5')(_torch_flatten(x)))
-    prob = nn.softmax(nn.Dense(2, name='dense6_1')(x), axis=-1)
-    return nn.Dense(4, name='dense6_2')(x), nn.Dense(10, name='dense6_3')(x), prob
-
-
-NETWORKS = {'pnet': (PNet, 12), 'rnet': (RNet, 24), 'onet': (ONet, 48)}  # name: (module, input px)
-
-
-def param_shapes():
-  """{'pnet': ..., 'rnet': ..., 'onet': ...} params as ShapeDtypeStructs: what a converted folder
-  holds."""
-  return {name: jax.eval_shape(module().init, jax.random.key(0),
-                               jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))['params']
-          for name, (module, size) in NETWORKS.items()}
-
-
-# --- Converted weights. ---
-
-def load_params(weights_dir):
-  """Restores a folder written by `python -m weights_convert --source mtcnn` as (params, metadata).
-
-  Raises pretrained.MissingWeightsError when it is missing or incomplete, WeightsMismatchError
-  when it holds other weights; both one line, naming the folder and the command that makes it.
-  """
-  weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
-  out, held = pretrained.convert_target(weights_dir, 'mtcnn')
-  make = f'make them with: {CONVERT_COMMAND.format(out)} (offline: --wheel or --pt-dir)'
-  if held:  # Converting there would replace another source's weights (or other files).
-    make = (f'{weights_dir} {held}; converting mtcnn there would replace them, so pass '
-            f'--config.face_detector_weights={out} and {make}')
-  for part in ('metadata.json', 'params'):
-    if not (weights_dir / part).exists():
-      why = 'no such folder' if not weights_dir.is_dir() else f'{part} is missing'
-      raise pretrained.MissingWeightsError(f'No MTCNN weights in {weights_dir} ({why}); {make}.')
-  try:
-    metadata = json.loads((weights_dir / 'metadata.json').read_text())
-  except ValueError as e:
-    raise pretrained.MissingWeightsError(
-        f'No MTCNN weights in {weights_dir} (metadata.json is unreadable: {e}); {make}.') from e
-  if metadata.get('source') != 'mtcnn' or metadata.get('architecture') != 'mtcnn':
-    raise pretrained.WeightsMismatchError(
-        f'{weights_dir} holds {metadata.get("source")!r} weights, not MTCNN ones; {make}.')
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      params = checkpointer.restore(weights_dir / 'params')
-  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds on a bad folder.
-    why = (str(e).splitlines() or [type(e).__name__])[0][:200]
-    raise pretrained.MissingWeightsError(
-        f'No MTCNN weights in {weights_dir} (params do not restore: {why}); {make}.') from e
-  if wrong := pretrained.shape_mismatches(params, param_shapes()):
-    raise pretrained.WeightsMismatchError(f'{weights_dir}/params is not an MTCNN params tree: '
-                                          f'{wrong}; {make}.')
-  return params, metadata
+def detector_id(weights_metadata):
+  """An id of the MTCNN weights (their metadata) and of FACE_FINDING_VERSION, for cache names:
+  cached landmarks and the faces aligned with them are named by it."""
+  key = {'weights': weights_metadata.get('pt_sha256'), 'version': FACE_FINDING_VERSION}
+  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # --- The cascade's numpy steps: each as facenet-pytorch computes it, in float32. ---
@@ -364,19 +240,19 @@ def _batches(total, largest, smallest=1):
 
 @jax.jit
 def _pnet(params, images, valid):
-  reg, prob = PNet().apply({'params': params}, images, valid)
+  reg, prob = mtcnn.PNet().apply({'params': params}, images, valid)
   return prob[..., 1], reg
 
 
 @jax.jit
 def _rnet(params, crops):
-  reg, prob = RNet().apply({'params': params}, crops)
+  reg, prob = mtcnn.RNet().apply({'params': params}, crops)
   return prob[:, 1], reg
 
 
 @jax.jit
 def _onet(params, crops):
-  reg, points, prob = ONet().apply({'params': params}, crops)
+  reg, points, prob = mtcnn.ONet().apply({'params': params}, crops)
   return prob[:, 1], reg, points
 
 
@@ -386,8 +262,10 @@ class Detector:
   The defaults are facenet-pytorch MTCNN's (and the MTCNN paper's).
   """
 
-  def __init__(self, params, min_face_size=20, thresholds=(0.6, 0.7, 0.7), factor=0.709):
+  def __init__(self, params, weights_metadata=None, min_face_size=20, thresholds=(0.6, 0.7, 0.7),
+               factor=0.709):
     self.params = jax.device_put(params)
+    self.id = detector_id(weights_metadata or {})  # Names what cached landmarks were found by.
     self.min_face_size = min_face_size
     self.thresholds = tuple(thresholds)
     self.factor = factor
@@ -505,7 +383,7 @@ class Detector:
   def _crops(self, table, image, boxes, height, width, net):
     """The boxes' crops for `net`, resized (area) and normalised as detect_face does, one
     network call at a time: (kept mask, iterator of (count, crops padded to a power of two))."""
-    size = NETWORKS[net][1]
+    size = mtcnn.NETWORKS[net][1]
     y, ey, x, ex = pad(boxes, width, height)
     # detect_face skips empty crops (boxes wholly outside the image) but keeps their boxes,
     # which misaligns boxes and scores; such boxes are dropped here.
@@ -565,4 +443,4 @@ class Detector:
 
 def load_detector(weights_dir, **options):
   """A Detector on the converted weights in `weights_dir`; `options` as Detector's."""
-  return Detector(load_params(weights_dir)[0], **options)
+  return Detector(*mtcnn.load_params(weights_dir), **options)

@@ -4,18 +4,16 @@
 it and refuses weights that belong to another source, so each model gets the base and the
 preprocessing it was trained with.
 """
-import itertools
 import json
 import pathlib
 
 from absl import logging
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from gender_jax.models import networks
-from gender_jax import UserError
+from gender_jax.models import weights_folder
 
 # Each source's input normalisation, a name in gender_jax.models.preprocessing.
 PREPROCESSING_OF_SOURCE = {'imagenet': 'caffe_imagenet', 'vggface': 'vggface_v1'}
@@ -28,71 +26,17 @@ H5_URL_OF_SOURCE = {
 }
 
 
-class MissingWeightsError(UserError, FileNotFoundError):
-  """The converted weights folder is missing or incomplete; the message says how to make it."""
-
-
-class WeightsMismatchError(UserError, ValueError):
-  """The converted weights are not the ones asked for (another source or architecture)."""
-
-
 def base_param_shapes():
   """VGG16Base's params as ShapeDtypeStructs: what every converted folder must hold."""
   images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   return jax.eval_shape(networks.VGG16Base().init, jax.random.key(0), images)['params']
 
 
-def in_the_way(folder, source):
-  """What in `folder` converting `source` there would replace, as a phrase after the folder's
-  name ('holds imagenet weights (converted from F, sha256 H)'); '' where nothing would be lost:
-  no folder, an empty one, or `source`'s own weights (converting again renews them)."""
-  folder = pathlib.Path(folder).expanduser()
-  if not folder.exists():
-    return ''
-  if not folder.is_dir():
-    return 'is a file, not a folder'
-  names = sorted(p.name + '/' * p.is_dir() for p in folder.iterdir())
-  if not names:
-    return ''
-  if 'metadata.json' not in names:
-    listed = ', '.join(names[:5]) + (f', ... ({len(names)} in all)' if len(names) > 5 else '')
-    return f'holds {listed}, not converted weights (no metadata.json)'
-  try:
-    metadata = json.loads((folder / 'metadata.json').read_text())
-  except (OSError, ValueError) as e:
-    return f'holds an unreadable metadata.json ({e})'
-  found = metadata.get('source') if isinstance(metadata, dict) else None
-  if found == source:
-    return ''
-  if not found:
-    return 'holds a metadata.json that names no source'
-  origin = metadata.get('h5_file') or metadata.get('wheel_file') or metadata.get('pt_dir')
-  sha256 = metadata.get('h5_sha256') or metadata.get('wheel_sha256')
-  details = [f'converted from {origin}'] * bool(origin) + [f'sha256 {sha256}'] * bool(sha256)
-  return f'holds {found} weights' + (f' ({", ".join(details)})' if details else '')
-
-
-def convert_target(weights_dir, source):
-  """(folder, held): where to convert `source`'s weights for a run that reads `weights_dir`.
-
-  That is `weights_dir` itself (held '') unless converting there would replace something else,
-  such as another source's weights: then the first of weights/SOURCE, weights/SOURCE_2, ...
-  where it would not, and held says what `weights_dir` holds (as `in_the_way`).
-  """
-  held = in_the_way(weights_dir, source)
-  if not held:
-    return str(weights_dir), ''
-  for i in itertools.count(1):
-    folder = f'weights/{source}' + (f'_{i}' if i > 1 else '')
-    if not in_the_way(folder, source):
-      return folder, held
-
-
 def how_to_get(weights_dir, source, flag='--config.weights'):
   """How to make `source`'s weights for a run that reads `weights_dir` (set by `flag`): the
   commands (download+convert, or by hand) that write them there, or, where that would replace
   something else (another source's weights), into another folder to pass as `flag`."""
-  out, held = convert_target(weights_dir, source)
+  out, held = weights_folder.convert_target(weights_dir, source)
   url = H5_URL_OF_SOURCE[source]
   h5 = url.rsplit('/', 1)[-1]
   commands = (f'  python -m weights_convert --source {source} --download --out {out}\n'
@@ -109,32 +53,22 @@ def _missing(weights_dir, expected_source, why):
   sources = [expected_source] if expected_source else list(H5_URL_OF_SOURCE)
   commands = '\n'.join((f'For {source} weights:\n' if len(sources) > 1 else '') +
                        how_to_get(weights_dir, source) for source in sources)
-  return MissingWeightsError(f'No converted weights in {weights_dir} ({why}). {commands}')
-
-
-def _shapes(tree):
-  return {k: (tuple(v.shape), str(v.dtype))
-          for k, v in traverse_util.flatten_dict(tree, sep='/').items()}
-
-
-def shape_mismatches(params, expected):
-  """'' when params has exactly the leaves, shapes and dtypes of `expected`, else what differs."""
-  want, got = _shapes(expected), _shapes(params)
-  return ', '.join(f'{k}: {got.get(k)}, expected {want.get(k)}'
-                   for k in sorted(want.keys() | got.keys()) if got.get(k) != want.get(k))
+  return weights_folder.MissingWeightsError(
+      f'No converted weights in {weights_dir} ({why}). {commands}')
 
 
 def load(weights_dir, expected_source=None):
   """Restores a converted folder as (base_params of numpy arrays, metadata dict).
 
-  Raises MissingWeightsError (with the commands to make the folder) when it is missing or
-  incomplete, WeightsMismatchError when it holds another source's or model's weights.
+  Raises weights_folder.MissingWeightsError (with the commands to make the folder) when it is
+  missing or incomplete, WeightsMismatchError when it holds another source's or model's weights.
   """
   if not str(weights_dir or ''):
     source = expected_source or 'vggface'
-    folder = convert_target(f'weights/{source}', source)[0]
-    raise MissingWeightsError(f'No weights folder is set (config.weights is empty); pass '
-                              f'--config.weights={folder}. {how_to_get(folder, source)}')
+    folder = weights_folder.convert_target(f'weights/{source}', source)[0]
+    raise weights_folder.MissingWeightsError(
+        f'No weights folder is set (config.weights is empty); pass --config.weights={folder}. '
+        f'{how_to_get(folder, source)}')
   weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
   if expected_source is not None and expected_source not in H5_URL_OF_SOURCE:
     raise ValueError(f'Unknown source {expected_source!r}; expected one of '
@@ -151,12 +85,12 @@ def load(weights_dir, expected_source=None):
 
   source = metadata.get('source')
   if expected_source is not None and source != expected_source:
-    raise WeightsMismatchError(
+    raise weights_folder.WeightsMismatchError(
         f'{weights_dir} holds {source!r} weights, but this model needs {expected_source!r} '
         f'weights.\n{how_to_get(weights_dir, expected_source)}')
   if (metadata.get('architecture') != 'vgg16' or
       metadata.get('preprocessing') != PREPROCESSING_OF_SOURCE.get(source)):
-    raise WeightsMismatchError(
+    raise weights_folder.WeightsMismatchError(
         f'{weights_dir}/metadata.json: expected a vgg16 base from one of '
         f'{PREPROCESSING_OF_SOURCE} with its preprocessing, got architecture='
         f'{metadata.get("architecture")!r}, source={source!r}, '
@@ -170,8 +104,9 @@ def load(weights_dir, expected_source=None):
     raise _missing(weights_dir, expected_source,
                    f'params do not restore: {why[:200]}{"..." * (len(why) > 200)}') from e
 
-  if wrong := shape_mismatches(params, base_param_shapes()):
-    raise WeightsMismatchError(f'{weights_dir}/params is not a VGG16Base params tree: {wrong}.')
+  if wrong := weights_folder.shape_mismatches(params, base_param_shapes()):
+    raise weights_folder.WeightsMismatchError(
+        f'{weights_dir}/params is not a VGG16Base params tree: {wrong}.')
   return params, metadata
 
 
@@ -186,7 +121,7 @@ def load_base(config):
     return None, None
   try:
     return load(config.weights, expected_source=source)
-  except MissingWeightsError:
+  except weights_folder.MissingWeightsError:
     if not config.allow_random_base:
       raise
   logging.warning('RANDOM %s BASE: no converted weights at %r; results are NOT pretrained.',

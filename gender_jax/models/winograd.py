@@ -6,10 +6,10 @@ each kernel is transformed (sums and differences), the transformed tiles meet th
 16 batched dots, and 2x2 output tiles come back by a last transform (Lavin and Gray, "Fast
 Algorithms for Convolutional Neural Networks", 2015). The result equals the direct
 convolution up to float rounding (about 1e-6 relative in float32). Measured per VGG16 layer in
-benchmarks/RESULTS.md ("Winograd"): faster where the dots dominate the transforms (wide layers
-on maps of 28 px or more) on two AMD EPYCs and an Intel Xeon, slower elsewhere; on the Xeon it won
-only once its dots left YNNPACK for Eigen (gender_jax.process.CPU_XLA_FLAGS). So `pays_off` times both on
-the machine at hand, once, and keeps the times for every later process.
+benchmarks/RESULTS.md#winograd: faster where the dots dominate the transforms (wide layers on maps
+of 28 px or more) on two AMD EPYCs and an Intel Xeon, slower elsewhere; on the Xeon it won only once
+its dots left YNNPACK for Eigen (gender_jax.process.CPU_XLA_FLAGS). So `pays_off` times both on the
+machine at hand, once, and keeps the times for every later process.
 """
 import functools
 import importlib.metadata

@@ -21,6 +21,7 @@ import fcntl
 import functools
 import json
 import os
+import platform
 import subprocess
 import time
 
@@ -103,6 +104,29 @@ def write_json(file_path, value):
   with open(tmp, 'w') as f:
     json.dump(value, f, indent=2, default=str)
   os.replace(tmp, file_path)
+
+
+def results_record(*, config, metrics, best_epoch, epochs_trained, train_seconds, feature_seconds,
+                   total_seconds, images_trained, params, weights_metadata, git_commit, devices,
+                   command):
+  """results.json's record (RESULTS_FIELDS, in order) of a finished run of `config`, scored on
+  test by `metrics`; the platform and the time finished are this machine's, now."""
+  return {
+      'model': config.model, 'split': 'test', 'metrics': metrics, 'best_epoch': best_epoch,
+      'num_epochs': config.num_epochs, 'epochs_trained': epochs_trained,
+      'train_seconds': train_seconds, 'feature_seconds': feature_seconds,
+      'total_seconds': total_seconds,
+      'train_images_per_second': images_trained / max(train_seconds, 1e-9),
+      'params': params,
+      'weights': weights_metadata and {'source': weights_metadata['source'],
+                                       'h5_sha256': weights_metadata.get('h5_sha256'),
+                                       'random_base': bool(weights_metadata.get('random_base'))},
+      'data_dir': os.path.abspath(config.data_dir), 'config': config.to_dict(),
+      'git_commit': git_commit, 'devices': devices,
+      'platform': f'{platform.platform()}, {os.cpu_count()} CPUs, jax {jax.__version__}',
+      'command': command,
+      'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+  }
 
 
 def write_results(workdir, results):

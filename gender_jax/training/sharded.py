@@ -93,7 +93,7 @@ def jit_eval_step(mesh, apply_fn):
 def jit_encode(mesh, apply_fn):
   """Base features as float32, the dtype the feature cache keeps, cast on the devices: on the
   host, the cast of bfloat16 features is a pass over every value beside the devices' work
-  (benchmarks/RESULTS.md, "Results fetched while the devices compute")."""
+  (benchmarks/RESULTS.md#results-fetched-while-computing)."""
   return jax.jit(
       lambda variables, images: apply_fn(variables, images, method='encode').astype(jnp.float32),
       in_shardings=(mesh.replicated, mesh.data), out_shardings=mesh.data)
@@ -105,11 +105,10 @@ def check_batch_size(batch_size, mesh):
 
 
 # XLA:CPU's Eigen convolutions (gender_jax's CPU default) ask for the packed patches of a whole
-# dispatch in one allocation: VGG16 at 224 px asks 116 MB an image, so a batch of 256 asks 30 GB
-# and aborts the process (std::bad_alloc) on a 24 GB machine. On CPU each device therefore gets
-# at most this many pixels a dispatch: 8 VGG16 images at 224 px, faster per image than 16 or 32
-# on an AVX2 CPU (1.2-1.3x over 32; on an AVX-512 one 16, 32 and 64 ran alike), and 1 GB asked
-# (benchmarks/RESULTS.md, "Bounded inference memory on CPU" and "Winograd").
+# dispatch in one allocation, which grows with the batch until a large one aborts the process
+# (std::bad_alloc). On CPU each device therefore gets at most this many pixels a dispatch: 8 VGG16
+# images at 224 px, which also ran faster per image than larger pieces
+# (benchmarks/RESULTS.md#bounded-inference-memory and #winograd).
 CPU_PIXELS_PER_DISPATCH = 8 * 224 * 224
 
 
@@ -129,8 +128,8 @@ def dispatch_rows(mesh, arrays):
 
 # Results are fetched this many pieces behind the dispatches: the devices compute the next pieces
 # while the host copies one back, and no more than this many results wait on the devices. Fetched
-# only after the last dispatch, a GPU split's features left the project's extraction path at 56%
-# of the bare network's speed (benchmarks/RESULTS.md, "GPU").
+# only after the last dispatch, a GPU split's features left far slower than the bare network ran
+# (benchmarks/RESULTS.md#gpu).
 PIECES_IN_FLIGHT = 2
 
 

@@ -5,9 +5,9 @@ over a device mesh (gender_jax/sharded.py evaluates), frozen-base features, then
 checks, the epoch loop and the final test evaluation. The model, its initial variables and the
 pretrained weights come from networks.py and pretrained.py.
 """
+import dataclasses
 import functools
 import os
-import platform
 import shlex
 import sys
 import time
@@ -152,7 +152,7 @@ def jit_train_step(mesh, stop_base_gradient):
 # The host prepares the next batches while the devices compute, this many steps ahead and no
 # further: unbounded, JAX's asynchronous dispatch let the input on CPU run 30-85% of an epoch's
 # steps ahead, holding every queued batch (memory growing with the dataset), and the bar ended
-# long before the epoch (benchmarks/RESULTS.md, "Training input held to two steps ahead").
+# long before the epoch (benchmarks/RESULTS.md#steps-in-flight).
 STEPS_IN_FLIGHT = 2
 
 
@@ -172,6 +172,24 @@ def train_epoch(step, state, batches, bar, steps_in_flight=STEPS_IN_FLIGHT):
   totals = jax.tree.map(lambda *x: float(np.sum(x)), *jax.device_get(sums))
   bar.update(len(sums) - bar.n)
   return state, totals
+
+
+def validate_epoch(mesh, apply_fn, variables, valid_split, batch_size, features=None):
+  """{'valid_loss', 'valid_accuracy'} of variables on the valid split (its cached base features
+  if given)."""
+  logits = sharded.predict_logits(mesh, apply_fn, variables, valid_split, batch_size,
+                                  features=features)
+  valid = metrics_lib.classification_metrics(valid_split.labels, logits)
+  return {'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy']}
+
+
+def epoch_values(totals, valid, learning_rate, epoch_seconds):
+  """An epoch's line of metrics.jsonl (and TensorBoard scalars), from its training sums and
+  validate_epoch's values."""
+  return {'train_loss': totals['loss'] / totals['count'],
+          'train_accuracy': totals['correct'] / totals['count'], **valid,
+          'learning_rate': learning_rate, 'epoch_seconds': epoch_seconds,
+          'train_images_per_second': totals['count'] / epoch_seconds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,9 +215,34 @@ def say(line):
     tqdm.tqdm.write(line)
 
 
+def recorded_config(config, face_input):
+  """The run's config as it runs and is recorded: with the face template its training faces gave
+  where the config left it empty (the caller's config is left as it is)."""
+  config = config.copy_and_resolve_references()
+  config.face_template = face_input.template
+  return config
+
+
 def resolved_train_seed(config):
   """The seed of initialisation, order and jitter: train_seed, or the protocol's seed if -1."""
   return config.seed if config.train_seed == -1 else config.train_seed
+
+
+def describe_devices(mesh):
+  return f'{mesh.size} x {jax.devices()[0].device_kind}'
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """What a checked run trains with, and the facts of its session that its results record."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: sharded.Mesh
+  base_params: Any  # The converted base's params; None for the custom model.
+  weights_meta: dict | None
+  command: str
+  commit: str | None  # At the session's start: the code may change while a long run trains.
+  session_start: float  # time.time() when this session started.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -223,17 +266,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       say(f'{workdir} has finished its {config.num_epochs} epochs; its results are in '
           f'{run_dir.path(workdir, run_dir.RESULTS)}.')
       return finished
-    say(f'{config.model} into {workdir}: {mesh.size} x {jax.devices()[0].device_kind} '
+    say(f'{config.model} into {workdir}: {describe_devices(mesh)} '
         f'({jax.process_count()} process{"es" if jax.process_count() > 1 else ""})')
-    return _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, command,
-                               commit, session_start)
+    return _train_and_evaluate(RunContext(config, workdir, mesh, base_params, weights_meta,
+                                          command, commit, session_start))
 
 
-def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, command, commit,
-                        session_start):
+def _train_and_evaluate(run):
   """train_and_evaluate, in its run directory's lock, once the experiment is checked."""
+  config, workdir, mesh, weights_meta = run.config, run.workdir, run.mesh, run.weights_meta
   # Input.
-  splits = protocol.load_splits(config, workdir=workdir)
+  loaded = protocol.load_splits(config, workdir=workdir)
+  splits, config = loaded.splits, recorded_config(config, loaded.face_input)
   train_split = splits['train']
   steps_per_epoch = batching.num_train_steps(train_split, config.batch_size)
 
@@ -242,7 +286,7 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
       config, weights_meta['preprocessing'] if weights_meta else None)
   train_seed = resolved_train_seed(config)
   state = create_train_state(config, model, jax.random.PRNGKey(train_seed), steps_per_epoch,
-                             base_params)
+                             run.base_params)
   labels = trainable_labels(state.params, config)
   param_counts = {'trainable': count_params(state.params, labels),
                   'total': count_params(state.params)}
@@ -269,10 +313,11 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
   feature_seconds = time.time() - feature_start
 
   step = jit_train_step(mesh, stop_base_gradient=base_is_frozen(config))
+  learning_rate = create_learning_rate_fn(config, config.learning_rate, steps_per_epoch)
   writer = run_dir.MetricsWriter(workdir, progress['epoch'])
   for epoch in range(progress['epoch'] + 1, config.num_epochs + 1):
     epoch_start = time.time()
-    batches = batching.train_batches(
+    batches = augment.train_batches(
         train_split, config.batch_size, seed=train_seed, epoch=epoch, flip=config.augment_flip,
         shift=config.augment_shift, jitter=augment.Jitter.from_config(config),
         with_images=not use_cache)
@@ -289,18 +334,10 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
           f'(epoch {progress["epoch"]}) is kept in {workdir}. Lower learning_rate?')
     epoch_seconds = time.time() - epoch_start
 
-    valid_logits = sharded.predict_logits(
-        mesh, model.apply, state.variables, splits['valid'], config.eval_batch_size,
-        features=features['valid'] if use_cache else None)
-    valid = metrics_lib.classification_metrics(splits['valid'].labels, valid_logits)
-    values = {
-        'train_loss': train_loss, 'train_accuracy': totals['correct'] / totals['count'],
-        'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
-        'learning_rate': float(create_learning_rate_fn(
-            config, config.learning_rate, steps_per_epoch)(int(state.step) - 1)),
-        'epoch_seconds': epoch_seconds,
-        'train_images_per_second': totals['count'] / epoch_seconds,
-    }
+    valid = validate_epoch(mesh, model.apply, state.variables, splits['valid'],
+                           config.eval_batch_size, features['valid'] if use_cache else None)
+    values = epoch_values(totals, valid, float(learning_rate(int(state.step) - 1)),
+                          epoch_seconds)
     writer.write(epoch, values)
     say(f"epoch {epoch}/{config.num_epochs}: train loss {values['train_loss']:.4f} accuracy "
         f"{values['train_accuracy']:.4f} | valid loss {values['valid_loss']:.4f} accuracy "
@@ -309,9 +346,9 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
 
     progress = {**progress, 'epoch': epoch,
                 'train_seconds': progress['train_seconds'] + epoch_seconds,
-                'total_seconds': earlier_seconds + time.time() - session_start}
-    if valid['accuracy'] > progress['best_valid_accuracy']:
-      progress.update(best_valid_accuracy=valid['accuracy'], best_epoch=epoch)
+                'total_seconds': earlier_seconds + time.time() - run.session_start}
+    if values['valid_accuracy'] > progress['best_valid_accuracy']:
+      progress.update(best_valid_accuracy=values['valid_accuracy'], best_epoch=epoch)
       run_checkpoints.save_best(epoch, state.variables, progress)
     run_checkpoints.save_latest(epoch, state, progress)
   writer.close()
@@ -322,26 +359,15 @@ def _train_and_evaluate(config, workdir, mesh, base_params, weights_meta, comman
       mesh, model.apply, best, splits[split], config.eval_batch_size,
       features=features[split] if use_cache else None, desc=split)
             for split in ('valid', 'test')}  # Valid: what calibration is fitted on.
-  results = {
-      'model': config.model, 'split': 'test',
-      'metrics': metrics_lib.classification_metrics(splits['test'].labels, logits['test']),
-      'best_epoch': progress['best_epoch'], 'num_epochs': config.num_epochs,
-      'epochs_trained': progress['epoch'],
-      'train_seconds': progress['train_seconds'], 'feature_seconds': feature_seconds,
-      'total_seconds': earlier_seconds + time.time() - session_start,
-      'train_images_per_second': (progress['epoch'] * steps_per_epoch * config.batch_size /
-                                  max(progress['train_seconds'], 1e-9)),
-      'params': param_counts,
-      'weights': weights_meta and {'source': weights_meta['source'],
-                                   'h5_sha256': weights_meta.get('h5_sha256'),
-                                   'random_base': bool(weights_meta.get('random_base'))},
-      'data_dir': os.path.abspath(config.data_dir), 'config': config.to_dict(),
-      'git_commit': commit,
-      'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
-      'platform': f'{platform.platform()}, {os.cpu_count()} CPUs, jax {jax.__version__}',
-      'command': command,
-      'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-  }
+  results = run_dir.results_record(
+      config=config,
+      metrics=metrics_lib.classification_metrics(splits['test'].labels, logits['test']),
+      best_epoch=progress['best_epoch'], epochs_trained=progress['epoch'],
+      train_seconds=progress['train_seconds'], feature_seconds=feature_seconds,
+      total_seconds=earlier_seconds + time.time() - run.session_start,
+      images_trained=progress['epoch'] * steps_per_epoch * config.batch_size,
+      params=param_counts, weights_metadata=weights_meta, git_commit=run.commit,
+      devices=describe_devices(mesh), command=run.command)
   run_dir.write_results(workdir, results)
   for split, split_logits in logits.items():
     run_dir.write_predictions(workdir, split, splits[split].paths, splits[split].labels,
