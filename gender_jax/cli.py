@@ -104,6 +104,10 @@ def run(main):
       return main(argv)
     except (UserError, app.UsageError) as e:
       raise SystemExit(f'error: {e}') from None
+    except KeyboardInterrupt:
+      print('stopped (Ctrl-C). Rerun the same command to go on: a training run resumes after its '
+            'last finished epoch.', file=sys.stderr)
+      raise SystemExit(130) from None
     except OSError as e:
       fault = environment_fault(e)
       if fault is None:

@@ -3,10 +3,12 @@
 Each problem is one line naming the field, the value given and what is accepted; training,
 the study and the data tool call `check` first, so a mistake costs no data loading.
 """
+import math
+
+from gender_jax import UserError
 from gender_jax.faces import align
 from gender_jax.faces import inputs
 from gender_jax.models import networks
-from gender_jax import UserError
 
 CHOICES = {
     'model': tuple(networks.REGISTRY),
@@ -50,8 +52,10 @@ def problems(config, num_devices=1):
   for field, (low, high, inclusive) in RANGES.items():
     value = config[field]
     too_low = value < low if inclusive else value <= low
-    if isinstance(value, bool) or too_low or (high is not None and value > high):
-      bad(field, f'{">=" if inclusive else ">"} {low}' + (f' and <= {high}' if high else ''))
+    if (isinstance(value, bool) or not math.isfinite(value) or too_low
+        or (high is not None and value > high)):
+      bound = f'{">=" if inclusive else ">"} {low}' + (f' and <= {high}' if high else '')
+      bad(field, bound if math.isfinite(value) else f'a finite number {bound}')
   for field in SPLIT_SIZES:
     if config[field] < -1 or config[field] == 0:
       bad(field, 'a number of images (>= 1), or -1 for all')

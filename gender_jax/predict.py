@@ -186,9 +186,15 @@ def define_flags():
   flags.mark_flags_as_required(['workdir'])
 
 
+def _partial(path):
+  """Where --csv is written until every prediction is in: a failure never leaves half a CSV at
+  the path asked for."""
+  return f'{path}.partial'
+
+
 def _open_csv(path):
   try:
-    f = open(path, 'w', newline='')
+    f = open(_partial(path), 'w', newline='')
   except OSError as e:
     raise SystemExit(f'error: cannot write --csv {path}: {e.strerror}.') from None
   writer = csv.DictWriter(f, CSV_FIELDS)
@@ -207,7 +213,7 @@ def main(argv):
       raise SystemExit(f'error: --annotate needs a run trained on aligned faces; {FLAGS.workdir} '
                        f'resizes whole images (config.face_align is \'none\').')
     os.makedirs(FLAGS.annotate, exist_ok=True)
-  # Checked before any work, and written as it goes, so a long run loses nothing.
+  # Checked before any work, and written as it goes (to _partial), so a long run loses nothing.
   out = _open_csv(FLAGS.csv) if FLAGS.csv else None
   width = max([len('path')] + [len(f) for f in files])
   if out is None:
@@ -227,6 +233,7 @@ def main(argv):
         annotate(path, [row for row in rows if row.path == path], FLAGS.annotate)
   if out:
     out[0].close()
+    os.replace(_partial(FLAGS.csv), FLAGS.csv)
     print(f'Wrote {count} predictions to {FLAGS.csv}')
   if FLAGS.annotate:
     print(f'Annotated photos in {FLAGS.annotate}')

@@ -7,29 +7,19 @@ runs ask for them: every size and seed of a study, and any later run of the same
 inputs, reads them instead of running the base again.
 """
 import contextlib
-import hashlib
-import json
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from gender_jax import pytree_digest
 from gender_jax.data import face_dataset
 from gender_jax.data import record_files
 
 
-def _host_array(leaf):
-  # A replicated global array is not fully addressable on several hosts: read the local copy.
-  return np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
-
-
 def fingerprint(base_variables, **settings):
   """What features depend on besides the images: the base's values, and settings of how it runs."""
-  digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-  for path, leaf in jax.tree_util.tree_leaves_with_path(base_variables):
-    digest.update(jax.tree_util.keystr(path).encode())
-    digest.update(np.ascontiguousarray(_host_array(leaf)).tobytes())
-  return digest.hexdigest()[:16]
+  return pytree_digest.digest(base_variables, **settings)[:16]
 
 
 def cached_features(splits, key, flip_train, encode):
@@ -55,18 +45,16 @@ def _features(split, key, encode):
   base = f'{records.cache}.features-{key}'
   lead = jax.process_index() == 0  # Decides what to encode and writes; every process encodes.
   with face_dataset.locked(base + '.lock') if lead else contextlib.nullcontext():
-    done = record_files.read_done(base, records.count) if lead else np.zeros(records.count, bool)
+    cache = record_files.CheckedRows(base, records.count) if lead else None
+    filled = cache.filled(records.rows) if lead else np.zeros(len(records.rows), bool)
     if jax.process_count() > 1:
-      done = np.asarray(multihost_utils.broadcast_one_to_all(done))
-    todo = np.flatnonzero(~done[records.rows])
+      filled = np.asarray(multihost_utils.broadcast_one_to_all(filled))
+    todo = np.flatnonzero(~filled)
     if len(todo):
       features = encode(split.take(todo))
       if lead:
-        array = record_files.open_array(base, (records.count, *features.shape[1:]), np.float32)
-        array[records.rows[todo]] = features
-        array.flush()
-        done[records.rows[todo]] = True
-        record_files.write_done(base, done)
+        cache[records.rows[todo]] = features.astype(np.float32)
+        cache.commit()
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'features {base}')
   return record_files.Rows(record_files.RecordArray(base + '.npy'), records.rows)

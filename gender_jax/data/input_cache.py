@@ -12,6 +12,7 @@ is decoded by gender_jax/data/image_files.py.
 import concurrent.futures
 import os
 from typing import NamedTuple
+import zipfile
 
 import numpy as np
 import tqdm
@@ -94,9 +95,8 @@ def cached_images(builder, split, rows, face_input, detector_id=None, marks=None
   num_records = builder.info.splits[split].num_examples
   size = face_input.size
   with face_dataset.locked(base + '.lock'):
-    images = record_files.open_array(base, (num_records, size, size, 3), np.uint8)
-    done = record_files.read_done(base, num_records)
-    todo = rows[~done[rows]]
+    images = record_files.CheckedRows(base, num_records, (size, size, 3), np.uint8)
+    todo = rows[~images.filled(rows)]
     if len(todo):
       source = builder.as_data_source(split)
       with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} ({key})', unit=' img') as bar:
@@ -105,10 +105,8 @@ def cached_images(builder, split, rows, face_input, detector_id=None, marks=None
           blobs = [r['image'] for r in source.__getitems__(window.tolist())]
           if _decode_convert(blobs.__getitem__, window, convert, images, bar):
             _damaged(builder)
-      images.flush()
-      done[todo] = True
-      record_files.write_done(base, done)
-  return record_files.Rows(images, rows), Records(base, num_records, rows)
+      images.commit()
+  return record_files.Rows(images.array, rows), Records(base, num_records, rows)
 
 
 def _damaged(builder):
@@ -129,6 +127,19 @@ def _detect(detector, images):
   return marks
 
 
+def _saved_landmarks(path, count):
+  """(Landmarks, done) saved at path; none done where the file is missing or damaged (its zip
+  members carry CRCs), so damaged landmarks are found again, never read."""
+  try:
+    with np.load(path) as saved:
+      marks, done = Landmarks(*(saved[f] for f in Landmarks._fields)), saved['done']
+    if all(len(a) == count for a in (*marks, done)):
+      return marks, done
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+    pass
+  return Landmarks.empty(count), np.zeros(count, bool)
+
+
 def cached_landmarks(builder, split, rows, detector, detector_id):
   """Landmarks of every record of a split (those of `rows` filled), found once per detector.
 
@@ -140,12 +151,7 @@ def cached_landmarks(builder, split, rows, detector, detector_id):
   path = os.path.join(os.fspath(builder.data_dir), f'landmarks-{split}-{detector_id}.npz')
   num_records = builder.info.splits[split].num_examples
   with face_dataset.locked(path + '.lock'):
-    if os.path.exists(path):
-      with np.load(path) as saved:
-        marks, done = Landmarks(*(saved[f] for f in Landmarks._fields)), saved['done']
-    else:
-      marks = Landmarks.empty(num_records)
-      done = np.zeros(num_records, bool)
+    marks, done = _saved_landmarks(path, num_records)
     blocks = np.unique(rows[~done[rows]] // _DETECT_WINDOW)
     if len(blocks):
       source = builder.as_data_source(split)

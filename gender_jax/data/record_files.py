@@ -3,9 +3,11 @@
 The decoded images and the frozen-base features are kept as .npy files with a row per record of
 their dataset split. They are read with pread and written with pwrite, not memory-mapped: the
 pages of a mapped file count as the process's resident memory once touched, so a pass over a
-large dataset would hold the whole file; this way memory holds the rows in use.
+large dataset would hold the whole file; this way memory holds the rows in use. `CheckedRows`
+keeps a checksum of every row it writes, so a damaged cache is made again, never read.
 """
 import os
+import zlib
 
 import numpy as np
 
@@ -28,7 +30,8 @@ class RecordArray:
                      np.lib.format.read_array_header_2_0)
       self.shape, fortran_order, self.dtype = read_header(f)
       self.offset = f.tell()
-    assert not fortran_order, path
+    if fortran_order:
+      raise ValueError(f'{path} is in Fortran order; this cache writes C order.')
     self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
     self._fd = os.open(path, os.O_RDWR if os.access(path, os.W_OK) else os.O_RDONLY)
 
@@ -56,24 +59,6 @@ class RecordArray:
   def __del__(self):
     if hasattr(self, '_fd'):
       os.close(self._fd)
-
-
-def open_array(base, shape, dtype):
-  """The cache's rows, base.npy: created zero-filled with `shape` where it does not exist yet."""
-  path = base + '.npy'
-  return RecordArray(path) if os.path.exists(path) else RecordArray(path, shape, dtype)
-
-
-def read_done(base, count):
-  """Which of the cache's `count` rows are filled (its mask is saved after them: they are whole)."""
-  path = base + '.done.npy'
-  return np.load(path) if os.path.exists(path) else np.zeros(count, bool)
-
-
-def write_done(base, done):
-  """Saves the mask of filled rows, atomically, once the rows themselves are on disk."""
-  np.save(base + '.done.tmp.npy', done)
-  os.replace(base + '.done.tmp.npy', base + '.done.npy')
 
 
 class Rows:
@@ -107,3 +92,86 @@ class Rows:
   def subset(self, index):
     """The rows at `index`, still where they are."""
     return Rows(self.array, self.rows[index])
+
+
+class CheckedRows:
+  """A cache of one row per record that proves what it holds: base.npy (a RecordArray) beside
+  base.rows.npy, the crc32 of each filled row (-1: not filled).
+
+  A row counts as filled only while its bytes still match the checksum written with it, so an
+  array file deleted, cut short, replaced or altered after it was written is made again, never
+  read as zeros or as another cache's rows.
+  """
+
+  def __init__(self, base, count, row_shape=None, dtype=None):
+    """Opens base's cache of `count` rows; with row_shape and dtype, makes the array if needed
+    (else the first `write` makes it)."""
+    self.base, self.count = base, count
+    self.array = _whole_array(base + '.npy', count, row_shape, dtype)
+    if self.array is None:
+      self.sums = np.full(count, -1, np.int64)
+      if row_shape is not None:
+        self.array = RecordArray(base + '.npy', (count, *row_shape), dtype)
+    else:
+      self.sums = _read_sums(base + '.rows.npy', count)
+
+  def filled(self, rows):
+    """Which of `rows` hold what was written to them; rows that no longer match are forgotten."""
+    rows = np.asarray(rows)
+    for start in range(0, len(rows), _VERIFY_WINDOW):
+      window = rows[start:start + _VERIFY_WINDOW]
+      window = window[self.sums[window] >= 0]
+      if len(window):
+        changed = window[_row_sums(self.array[window]) != self.sums[window]]
+        self.sums[changed] = -1
+    return self.sums[rows] >= 0
+
+  def __setitem__(self, rows, values):
+    """Writes values into `rows` and records their checksums (saved by `commit`)."""
+    rows = np.asarray(rows).reshape(-1)
+    values = np.asarray(values)
+    if self.array is None:
+      self.array = RecordArray(self.base + '.npy', (self.count, *values.shape[1:]), values.dtype)
+    values = values.reshape(len(rows), *self.array.shape[1:])
+    self.array[rows] = values
+    self.sums[rows] = _row_sums(values)
+
+  def commit(self):
+    """Makes the written rows durable, then their checksums, atomically."""
+    self.array.flush()
+    tmp = f'{self.base}.rows.{os.getpid()}.tmp.npy'
+    np.save(tmp, self.sums)
+    os.replace(tmp, self.base + '.rows.npy')
+
+
+_VERIFY_WINDOW = 1024  # Rows read at once to check their checksums: bounds the memory held.
+
+
+def _row_sums(values):
+  values = np.ascontiguousarray(values)
+  return np.array([zlib.crc32(row.tobytes()) for row in values.reshape(len(values), -1)],
+                  np.int64)
+
+
+def _whole_array(path, count, row_shape, dtype):
+  """The RecordArray at path if it is whole, of `count` rows and of row_shape and dtype where
+  given; None where it is missing, cut short or another array."""
+  try:
+    array = RecordArray(path)
+    size = os.path.getsize(path)
+  except (OSError, ValueError):  # Missing, or not a .npy file (a damaged header).
+    return None
+  expected = (count, *(array.shape[1:] if row_shape is None else row_shape))
+  if (array.shape != tuple(expected) or (dtype is not None and array.dtype != np.dtype(dtype))
+      or size != array.offset + count * array.row_bytes):
+    return None
+  return array
+
+
+def _read_sums(path, count):
+  """The saved checksums, or none filled where the file is missing or damaged."""
+  try:
+    sums = np.load(path)
+  except (OSError, ValueError, EOFError):
+    return np.full(count, -1, np.int64)
+  return sums if sums.shape == (count,) and sums.dtype == np.int64 else np.full(count, -1, np.int64)

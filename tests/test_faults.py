@@ -1,0 +1,234 @@
+"""Fault injection: damaged caches and checkpoints, interruptions and impossible settings end in the
+right number or in one line, never in a silently wrong result."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from gender_jax import evaluate
+from gender_jax.data import batching
+from gender_jax.data import feature_cache
+from gender_jax.data import input_cache
+from gender_jax.data import protocol
+from gender_jax.data import record_files
+from gender_jax.training import checkpoints
+from gender_jax.training import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def command(module, *args):
+  """python -m module args, as a user runs it: (exit status, stdout, stderr)."""
+  done = subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  return done.returncode, done.stdout, done.stderr
+
+
+def tiny_config(data_dir, tmp_path, **overrides):
+  config = tiny.get_config('custom')
+  config.data_dir = str(data_dir)
+  config.tfds_dir = str(tmp_path / 'tfds')
+  config.update(overrides)
+  return config
+
+
+def _delete(path):
+  os.remove(path)
+
+
+def _truncate(path):
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip_bytes(path):
+  """Changes bytes in the last quarter of the file: the rows, past any header."""
+  size = os.path.getsize(path)
+  with open(path, 'r+b') as f:
+    f.seek(size * 3 // 4)
+    data = f.read(64)
+    f.seek(size * 3 // 4)
+    f.write(bytes(255 - b for b in data))
+
+
+DAMAGES = {'deleted': _delete, 'truncated': _truncate, 'altered': _flip_bytes}
+
+
+def _row_caches(root, prefix):
+  return sorted(p for p in root.rglob(f'{prefix}*.npy') if not p.name.endswith('.rows.npy'))
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_a_damaged_image_cache_is_made_again_never_read(synthetic_faces, tmp_path, damage):
+  config = tiny_config(synthetic_faces, tmp_path)
+  first = protocol.load_splits(config).splits
+  caches = _row_caches(tmp_path / 'tfds', 'decoded-')
+  assert len(caches) == 3  # One per split.
+  for path in caches:
+    DAMAGES[damage](path)
+  again = protocol.load_splits(config).splits
+  for name, split in first.items():
+    np.testing.assert_array_equal(again[name].images[:], split.images[:])
+
+
+def _split_with_records(tmp_path, count=12):
+  base = str(tmp_path / 'decoded-train-x')
+  rows = np.arange(0, count, 2)
+  images = np.arange(count * 2 * 2 * 3, dtype=np.uint8).reshape(count, 2, 2, 3)[rows]
+  return batching.Split(name='train', images=images, labels=np.zeros(len(rows), np.int32),
+                        paths=[str(r) for r in rows], source_dir=str(tmp_path),
+                        records=input_cache.Records(base, count, rows))
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_damaged_features_are_encoded_again_never_read(tmp_path, damage):
+  split = _split_with_records(tmp_path)
+  encoded = []
+
+  def encode(part, flip):
+    encoded.append(len(part))
+    return part.images[:].reshape(len(part), -1).astype(np.float32) + flip
+
+  first = feature_cache.cached_features({'train': split}, 'key', False, encode)['train'][:]
+  assert encoded == [len(split)]
+  assert feature_cache.cached_features({'train': split}, 'key', False, encode)  # From the cache.
+  assert encoded == [len(split)]
+  (path,) = _row_caches(tmp_path, 'decoded-train-x.features')
+  DAMAGES[damage](path)
+  again = feature_cache.cached_features({'train': split}, 'key', False, encode)['train'][:]
+  assert len(encoded) == 2 and encoded[1] > 0
+  np.testing.assert_array_equal(again, first)
+
+
+def test_a_cache_replaced_by_another_of_the_same_shape_is_not_trusted(tmp_path):
+  base = str(tmp_path / 'c')
+  cache = record_files.CheckedRows(base, 4, (3,), np.uint8)
+  cache[np.arange(4)] = np.arange(12, dtype=np.uint8).reshape(4, 3)
+  cache.commit()
+  np.save(base + '.npy', np.zeros((4, 3), np.uint8))  # Another array, same shape and dtype.
+  assert not record_files.CheckedRows(base, 4, (3,), np.uint8).filled(np.arange(4)).any()
+
+
+@pytest.mark.parametrize('damage', ('truncated', 'altered', 'garbage'))
+def test_damaged_landmarks_are_found_again_never_read(tmp_path, damage):
+  path = tmp_path / 'landmarks.npz'
+  marks = input_cache.Landmarks.empty(3)
+  marks.found[:] = True
+  np.savez(path, done=np.ones(3, bool), **marks._asdict())
+  if damage == 'garbage':
+    path.write_bytes(b'not a zip file')
+  else:
+    DAMAGES[damage](path)
+  _, done = input_cache._saved_landmarks(str(path), 3)  # pylint: disable=protected-access
+  assert not done.any()
+
+
+@pytest.fixture(scope='module')
+def finished(synthetic_faces, tmp_path_factory):
+  """A finished tiny run and its own test evaluation (copied by the tests that change it)."""
+  tmp = tmp_path_factory.mktemp('finished')
+  train.train_and_evaluate(tiny_config(synthetic_faces, tmp), str(tmp / 'run'), command='pytest')
+  return tmp, evaluate.evaluate(str(tmp / 'run'))
+
+
+def test_evaluation_after_the_image_cache_was_deleted_gives_the_same_numbers(finished,
+                                                                          tmp_path):
+  # The user freed disk by deleting the largest files under the dataset's image cache.
+  shutil.copytree(finished[0], tmp_path, dirs_exist_ok=True)
+  config = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  config['tfds_dir'] = str(tmp_path / 'tfds')
+  (tmp_path / 'run' / 'config.json').write_text(json.dumps(config))
+  for path in _row_caches(tmp_path / 'tfds', 'decoded-'):
+    path.unlink()
+  again = evaluate.evaluate(str(tmp_path / 'run'))
+  assert again['metrics'] == finished[1]['metrics']
+
+
+# --- Checkpoints that verify themselves. ----------------------------------------------------
+
+def _copy_run(finished, tmp_path):
+  shutil.copytree(finished[0] / 'run', tmp_path / 'run')
+  return tmp_path / 'run'
+
+
+def _only(pattern, root):
+  (found,) = root.glob(pattern)
+  return found
+
+
+def _values_changed(step_dir):
+  """Bytes of the largest array file changed: orbax restores some such damage without a word."""
+  largest = max((p for p in step_dir.rglob('d/*') if p.is_file()), key=lambda p: p.stat().st_size)
+  _flip_bytes(largest)
+
+
+BEST_DAMAGES = {
+    'garbage metadata': lambda step: _only('variables/_METADATA', step).write_text('garbage{'),
+    'corrupt data': lambda step: _flip_bytes(_only('variables/manifest.ocdbt', step)),
+    'changed values': _values_changed,
+}
+
+
+@pytest.mark.parametrize('damage', BEST_DAMAGES)
+def test_evaluate_on_a_damaged_best_checkpoint_says_what_and_what_to_do(finished, tmp_path,
+                                                                       damage):
+  workdir = _copy_run(finished, tmp_path)
+  before = (workdir / 'eval_test.json').read_text()
+  BEST_DAMAGES[damage](_only('checkpoints/best/*', workdir))
+  status, _, stderr = command('gender_jax.evaluate', f'--workdir={workdir}')
+  assert status == 1 and 'Traceback' not in stderr, stderr
+  (line,) = [l for l in stderr.splitlines() if l.startswith('error:')]
+  assert 'checkpoints/best/' in line and 'is damaged' in line and 'rerun the training' in line
+  assert (workdir / 'eval_test.json').read_text() == before
+
+
+def test_resuming_falls_back_to_the_epoch_before_a_damaged_last_one(finished, tmp_path, capsys):
+  workdir = _copy_run(finished, tmp_path)
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir())
+  assert steps == [1, 2]  # Two kept.
+  _only('train_state/_METADATA', workdir / 'checkpoints' / 'latest' / '2').write_text('garbage{')
+  config = tiny.get_config('custom')
+  config.update(json.loads((workdir / 'config.json').read_text()))
+  config.num_epochs += 1
+  results = train.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert 'latest/2 is damaged' in out and 'Resuming from epoch 1' in out
+  assert results['epochs_trained'] == 3
+  epochs = [json.loads(l)['epoch'] for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert epochs == [1, 2, 3]  # Epoch 2 trained again from epoch 1's checkpoint.
+
+
+def test_resuming_with_every_checkpoint_damaged_is_refused_in_one_line(finished, tmp_path):
+  workdir = _copy_run(finished, tmp_path)
+  for step in (workdir / 'checkpoints' / 'latest').iterdir():
+    _values_changed(step)
+  config = tiny.get_config('custom')
+  config.update(json.loads((workdir / 'config.json').read_text()))
+  config.num_epochs += 1
+  with pytest.raises(checkpoints.DamagedCheckpointError, match='delete .*checkpoints'):
+    train.train_and_evaluate(config, str(workdir))
+
+
+# --- Every fault one line. -------------------------------------------------------------------
+
+@pytest.mark.parametrize('value', ('nan', 'inf'))
+def test_a_learning_rate_that_is_not_a_number_is_refused_before_any_work(tmp_path, value):
+  status, _, stderr = command('gender_jax.main', '--config=configs/tiny.py',
+                              f'--workdir={tmp_path / "run"}', f'--config.learning_rate={value}')
+  assert status == 1 and 'Traceback' not in stderr
+  assert f'config.learning_rate={value}: expected a finite number > 0' in stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_ctrl_c_stops_a_command_in_one_line_with_status_130():
+  code = ('import sys\nfrom gender_jax import cli\nsys.argv = ["x"]\n'
+          'def main(argv):\n  raise KeyboardInterrupt\ncli.run(main)\n')
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 130 and 'Traceback' not in done.stderr
+  assert 'stopped (Ctrl-C). Rerun the same command' in done.stderr
