@@ -18,6 +18,7 @@ from gender_jax.data import input_cache
 from gender_jax.data import protocol
 from gender_jax.data import record_files
 from gender_jax.training import checkpoints
+from gender_jax.training import run_dir
 from gender_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -232,3 +233,27 @@ def test_ctrl_c_stops_a_command_in_one_line_with_status_130():
   done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
   assert done.returncode == 130 and 'Traceback' not in done.stderr
   assert 'stopped (Ctrl-C). Rerun the same command' in done.stderr
+
+
+def test_more_epochs_under_a_cosine_schedule_are_refused_with_the_reason(finished, tmp_path):
+  workdir = _copy_run(finished, tmp_path)
+  config = tiny.get_config('custom')
+  config.update(json.loads((workdir / 'config.json').read_text()))
+  config.lr_schedule = 'cosine'
+  (workdir / 'config.json').write_text(json.dumps(config.to_dict()))
+  config.num_epochs += 1
+  with pytest.raises(run_dir.ExperimentMismatchError,
+                     match=r"num_epochs: 2 -> 3, under lr_schedule 'cosine'"):
+    train.train_and_evaluate(config, str(workdir))
+
+
+@pytest.mark.parametrize('record', ('config.json', 'results.json'))
+def test_a_garbled_record_is_named_in_one_line(finished, tmp_path, record):
+  workdir = _copy_run(finished, tmp_path)
+  (workdir / record).write_text('{"model": "cus')
+  status, _, stderr = command('gender_jax.evaluate', f'--workdir={workdir}')
+  if record == 'results.json':  # evaluate reads the config and checkpoint, not the results.
+    assert status == 0, stderr
+    status, _, stderr = command('gender_jax.report', str(workdir))
+  assert status == 1 and 'Traceback' not in stderr, stderr
+  assert f'{workdir / record} is damaged' in stderr

@@ -137,9 +137,20 @@ def write_results(workdir, results):
   write_json(path(workdir, RESULTS), {'version': RESULTS_VERSION, **results})
 
 
+class DamagedRecordError(UserError, ValueError):
+  """A record of the run directory is not JSON any more (cut short, overwritten)."""
+
+
 def read_json(file_path):
+  """A record of the run; DamagedRecordError (one line naming the file) where it is not JSON."""
   with open(file_path) as f:
-    return json.load(f)
+    text = f.read()
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise DamagedRecordError(
+        f'{file_path} is damaged ({e}); its run\'s other files are intact. Restore it from a '
+        'copy, or train into a new --workdir.') from e
 
 
 def read_metrics(workdir):
@@ -215,15 +226,16 @@ def _as_json(value):
 def config_changes(recorded, requested):
   """[(field, recorded value, requested value)] of changes that would change the results.
 
-  num_epochs may grow (the run trains on); a face_template left empty is derived by the run;
+  num_epochs may grow (the run trains on) unless a cosine schedule decays over it (the rest of
+  the run would follow another schedule); a face_template left empty is derived by the run;
   fields the record lacks (added to gender_jax since) cannot be compared.
   """
   requested = _as_json(requested)
   changes = []
   for field in sorted(set(recorded) & set(requested)):
     old, new = recorded[field], requested[field]
-    if (field in NOT_RESULTS or old == new or (field == 'face_template' and not new) or
-        (field == 'num_epochs' and new > old)):
+    grows = (field == 'num_epochs' and new > old and recorded.get('lr_schedule') != 'cosine')
+    if field in NOT_RESULTS or old == new or (field == 'face_template' and not new) or grows:
       continue
     changes.append((field, old, new))
   return changes
@@ -242,7 +254,9 @@ def check_experiment(workdir, config, weights_metadata):
     if old != new:
       changes.append(('weights (h5 sha256)', old, new))
   if changes:
-    listed = '; '.join(f'{field}: {old!r} -> {new!r}' for field, old, new in changes)
+    listed = '; '.join(f'{field}: {old!r} -> {new!r}' + (
+        ', under lr_schedule \'cosine\', which decays over num_epochs'
+        if field == 'num_epochs' else '') for field, old, new in changes)
     raise ExperimentMismatchError(
         f'{workdir} holds another experiment ({listed}). Rerun with the config it was started '
         f'with ({config_path}), or choose a new --workdir.')
