@@ -118,7 +118,7 @@ def label_of(p_male):
 
 def format_row(prediction, width):
   face = '' if prediction.face is None else str(prediction.face)
-  line = f'{prediction.path:<{width}}  {face:>4}  {label_of(prediction.p_male):<9}  ' \
+  line = f'{image_files.printable(prediction.path):<{width}}  {face:>4}  {label_of(prediction.p_male):<9}  ' \
          f'{prediction.p_male:.4f}'
   if prediction.box is not None:
     line += f'  {prediction.score:.4f}  ' + ' '.join(f'{v:.0f}' for v in prediction.box)
@@ -137,7 +137,7 @@ CSV_FIELDS = ['path', 'face', 'predicted', 'p_male', 'face_score', 'box_x1', 'bo
 
 
 def csv_row(prediction):
-  row = {'path': prediction.path, 'predicted': label_of(prediction.p_male),
+  row = {'path': image_files.printable(prediction.path), 'predicted': label_of(prediction.p_male),
          'p_male': f'{prediction.p_male:.6f}'}
   if prediction.box is not None:
     row.update(face=prediction.face, face_score=f'{prediction.score:.6f}')
@@ -215,7 +215,7 @@ def main(argv):
     os.makedirs(FLAGS.annotate, exist_ok=True)
   # Checked before any work, and written as it goes (to _partial), so a long run loses nothing.
   out = _open_csv(FLAGS.csv) if FLAGS.csv else None
-  width = max([len('path')] + [len(f) for f in files])
+  width = max([len('path')] + [len(image_files.printable(f)) for f in files])
   if out is None:
     print(format_header(width, detector is not None))
   count = 0
@@ -224,7 +224,8 @@ def main(argv):
     errors += chunk_errors
     if out:
       out[1].writerows([csv_row(row) for row in rows])
-      out[1].writerows([{'path': path, 'error': reason} for path, reason in chunk_errors])
+      out[1].writerows([{'path': image_files.printable(path), 'error': reason}
+                        for path, reason in chunk_errors])
     else:
       for row in rows:
         print(format_row(row, width))
@@ -238,7 +239,7 @@ def main(argv):
   if FLAGS.annotate:
     print(f'Annotated photos in {FLAGS.annotate}')
   for path, reason in errors:
-    print(f'Not predicted: {path}: {reason}', file=sys.stderr)
+    print(f'Not predicted: {image_files.printable(path)}: {reason}', file=sys.stderr)
   what = 'faces' if detector else 'images'
   print(f'{count} {what} predicted; {len(errors)} files not.', file=sys.stderr)
   return 0 if count else 1

@@ -257,3 +257,25 @@ def test_a_garbled_record_is_named_in_one_line(finished, tmp_path, record):
     status, _, stderr = command('gender_jax.report', str(workdir))
   assert status == 1 and 'Traceback' not in stderr, stderr
   assert f'{workdir / record} is damaged' in stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_a_bad_file_with_the_reason(synthetic_faces, tmp_path):
+  faces = tmp_path / 'faces'
+  shutil.copytree(synthetic_faces, faces)
+  source = next((faces / 'train' / 'male').iterdir())
+  odd = os.path.join(os.fsencode(faces / 'train' / 'male'), b'caf\xe9.jpg')
+  shutil.copyfile(source, odd)
+  config = tiny_config(faces, tmp_path, max_bad_fraction=0.5)
+  loaded = protocol.load_splits(config)
+  assert len(loaded.splits['train']) == config.num_train
+  report = next((tmp_path / 'tfds').rglob('bad_files.txt')).read_text()
+  assert 'train/male/caf\\xe9.jpg\tfile name is not valid UTF-8: rename the file' in report
+
+
+def test_predict_names_a_photo_whose_name_is_not_utf8(finished, synthetic_faces, tmp_path):
+  photo = os.path.join(os.fsencode(tmp_path), b'caf\xe9.jpg')
+  shutil.copyfile(next((synthetic_faces / 'test' / 'male').iterdir()), photo)
+  status, stdout, stderr = command('gender_jax.predict', f'--workdir={finished[0] / "run"}',
+                                   '--csv', tmp_path / 'out.csv', os.fsdecode(photo))
+  assert status == 0 and 'Traceback' not in stderr, stderr
+  assert 'caf\\xe9.jpg' in (tmp_path / 'out.csv').read_text()

@@ -179,10 +179,10 @@ def scan_folder(path):
     files = sorted(_class_files(root, split_rel, skipped))
     examples[split] = [(rel, label) for rel, label, _, _ in files]
     for rel, _, size, mtime in files:
-      digest.update(f'{rel}\0{size}\0{mtime}\n'.encode())
+      digest.update(os.fsencode(f'{rel}\0{size}\0{mtime}\n'))
   skipped.sort()
   for rel in skipped:  # Names only, as the metadata lists: rewriting a .DS_Store needs no rebuild.
-    digest.update(f'{rel}\0skipped\n'.encode())
+    digest.update(os.fsencode(f'{rel}\0skipped\n'))
   return FolderScan(root, layout, splits, examples, digest.hexdigest(), skipped)
 
 
@@ -223,6 +223,9 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
     for split, examples in scan.examples.items():
       good[split] = []
       for rel, label in tqdm.tqdm(examples, desc=f'Checking {split} images', unit=' img'):
+        if not image_files.is_utf8(rel):  # The dataset stores paths as UTF-8 text.
+          bad.append((image_files.printable(rel), 'file name is not valid UTF-8: rename the file'))
+          continue
         try:
           image_files.decode_rgb(read_file(scan.root, rel))
           good[split].append((rel, label))
@@ -236,7 +239,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
         'num_examples': {split: _class_counts(v) for split, v in good.items()},
         'bad_files': bad,
         'num_skipped': len(scan.skipped),  # Not named as images: neither examples nor bad.
-        'skipped_files': scan.skipped[:SKIPPED_SHOWN],
+        'skipped_files': [image_files.printable(p) for p in scan.skipped[:SKIPPED_SHOWN]],
     }
     self.info.metadata.update(metadata)
     check_bad_files(metadata, report_path(self), config.max_bad_fraction)

@@ -6,6 +6,7 @@ way in training, evaluation and prediction, and a bad file is refused everywhere
 words (`BadImageError`: truncated JPEG, text file, PDF...).
 """
 import io
+import os
 import re
 
 import numpy as np
@@ -27,6 +28,16 @@ _TEXT_BYTES = bytes(range(32, 256)) + b'\t\n\r\f'
 
 class BadImageError(ValueError):
   """A file that cannot be decoded to an RGB image; the message is the reason."""
+
+
+def printable(path):
+  """A path as text that prints and writes anywhere: the bytes of a file name that is not valid
+  UTF-8 shown as \\x.. escapes (os.fsencode gives them back as the file system stores them)."""
+  return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
+def is_utf8(path):
+  return printable(path) == path
 
 
 def to_rgb(image):
