@@ -17,6 +17,7 @@ from gender_jax.data import feature_cache
 from gender_jax.data import input_cache
 from gender_jax.data import protocol
 from gender_jax.data import record_files
+from gender_jax.faces import inputs
 from gender_jax.training import checkpoints
 from gender_jax.training import run_dir
 from gender_jax.training import train
@@ -279,3 +280,16 @@ def test_predict_names_a_photo_whose_name_is_not_utf8(finished, synthetic_faces,
                                    '--csv', tmp_path / 'out.csv', os.fsdecode(photo))
   assert status == 0 and 'Traceback' not in stderr, stderr
   assert 'caf\\xe9.jpg' in (tmp_path / 'out.csv').read_text()
+
+
+def test_symbolic_link_loops_are_listed_but_do_not_count_as_undecodable(synthetic_faces, tmp_path):
+  faces = tmp_path / 'faces'
+  shutil.copytree(synthetic_faces, faces)
+  for i in range(3):  # 3 of 91 files: over the default max_bad_fraction of 1%.
+    os.symlink(f'loop{i}.jpg', faces / 'train' / 'female' / f'loop{i}.jpg')
+  config = tiny_config(faces, tmp_path)
+  assert config.max_bad_fraction == 0.01
+  protocol.load_splits(config)
+  report = next((tmp_path / 'tfds').rglob('bad_files.txt')).read_text()
+  assert report.count('symbolic link loop') == 3
+  assert len(protocol.load_folder(faces / 'train', inputs.FaceInput.from_config(config))) == 48

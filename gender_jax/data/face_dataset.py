@@ -43,6 +43,11 @@ CLASS_NAMES = {
 REPORT_NAME = 'bad_files.txt'
 # Extensions (any case) of the files looked at; everything else in a class folder is skipped.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+# Bad files that say nothing of the images' data (listed, but not counted toward
+# max_bad_fraction, which guards against a damaged or misnamed folder of images).
+LINK_LOOP, BROKEN_LINK, NOT_UTF8 = ('symbolic link loop', 'broken symbolic link',
+                                    'file name is not valid UTF-8')
+NOT_IMAGE_DATA = (LINK_LOOP, BROKEN_LINK, NOT_UTF8)
 SKIPPED_SHOWN = 10  # Skipped names kept in the dataset's metadata; all of them are counted.
 
 # Every config of this builder is made per folder, so tfds' "Using custom data configuration"
@@ -224,7 +229,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
       good[split] = []
       for rel, label in tqdm.tqdm(examples, desc=f'Checking {split} images', unit=' img'):
         if not image_files.is_utf8(rel):  # The dataset stores paths as UTF-8 text.
-          bad.append((image_files.printable(rel), 'file name is not valid UTF-8: rename the file'))
+          bad.append((image_files.printable(rel), f'{NOT_UTF8}: rename the file'))
           continue
         try:
           image_files.decode_rgb(read_file(scan.root, rel))
@@ -260,9 +265,9 @@ def read_file(root, rel):
     if os.path.islink(path):
       target = os.readlink(path)
       if e.errno == errno.ELOOP or os.path.isdir(path):  # isdir: a link to an enclosing folder.
-        raise image_files.BadImageError(f'symbolic link loop (links to {target})') from e
+        raise image_files.BadImageError(f'{LINK_LOOP} (links to {target})') from e
       if not os.path.exists(path):
-        raise image_files.BadImageError(f'broken symbolic link to {target}') from e
+        raise image_files.BadImageError(f'{BROKEN_LINK} to {target}') from e
     raise image_files.BadImageError(f'unreadable ({e.strerror or e})') from e
 
 
@@ -291,7 +296,7 @@ def check_bad_files(metadata, report, max_bad_fraction):
   """Writes the bad-file report; fails if too many files are bad or a class has no images."""
   _write_report(metadata, report)
   total = sum(sum(c) for c in metadata['num_files'].values())
-  num_bad = len(metadata['bad_files'])
+  num_bad = sum(not reason.startswith(NOT_IMAGE_DATA) for _, reason in metadata['bad_files'])
   if num_bad > max_bad_fraction * total:
     raise FolderError(
         f'{num_bad} of {total} files in {metadata["source_dir"]} could not be decoded, more than '

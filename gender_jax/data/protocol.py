@@ -243,9 +243,10 @@ def load_folder(path, face_input, detector=None, max_bad_fraction=0.01):
   bad_files = [(examples[k][0], reason) for k, reason in bad]
   for rel, reason in bad_files:
     logging.warning('Left out %s: %s', os.path.join(scan.root, rel), reason)
-  if len(bad) > max_bad_fraction * len(examples):
+  undecodable = sum(not r.startswith(face_dataset.NOT_IMAGE_DATA) for _, r in bad_files)
+  if undecodable > max_bad_fraction * len(examples):
     raise face_dataset.FolderError(
-        f'{len(bad)} of {len(examples)} files in {scan.root} could not be decoded, more than '
+        f'{undecodable} of {len(examples)} files in {scan.root} could not be decoded, more than '
         f'max_bad_fraction={max_bad_fraction}: '
         + '; '.join(f'{p}: {r}' for p, r in bad_files[:10]))
   keep = np.setdiff1d(np.arange(len(examples)), [k for k, _ in bad])
