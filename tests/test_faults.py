@@ -293,3 +293,23 @@ def test_symbolic_link_loops_are_listed_but_do_not_count_as_undecodable(syntheti
   report = next((tmp_path / 'tfds').rglob('bad_files.txt')).read_text()
   assert report.count('symbolic link loop') == 3
   assert len(protocol.load_folder(faces / 'train', inputs.FaceInput.from_config(config))) == 48
+
+
+def test_evaluate_during_the_first_epoch_says_the_run_is_still_training(finished, tmp_path):
+  workdir = _copy_run(finished, tmp_path)
+  shutil.rmtree(workdir / 'checkpoints' / 'best')
+  (workdir / 'checkpoints' / 'best').mkdir()
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time; from gender_jax.training import run_dir\n'
+       'with run_dir.lock(sys.argv[1], "python -m gender_jax.main ..."):\n'
+       '  print("held", flush=True); time.sleep(60)', str(workdir)],
+      cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    status, _, stderr = command('gender_jax.evaluate', f'--workdir={workdir}')
+  finally:
+    holder.kill()
+    holder.wait()
+  assert status == 1 and 'Traceback' not in stderr
+  assert f'is still training (process {holder.pid} since' in stderr
+  assert 'Rerun its training command' not in stderr

@@ -195,6 +195,9 @@ def best_variables(workdir, abstract_variables):
   with _manager(directory, BEST) as manager:
     epoch = manager.latest_step()
     if epoch is None:
+      if holder := run_dir.training_now(workdir):
+        raise run_dir.NoRunError(f'{workdir} is still training ({holder}) and has not finished '
+                                 'an epoch yet; try again once it has.')
       raise run_dir.NoRunError(f'{directory} holds no checkpoint yet: the run has not finished '
                                'an epoch. Rerun its training command to resume it.')
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -313,6 +313,22 @@ def lock(workdir, command):
       f.truncate()
 
 
+def training_now(workdir):
+  """What holds workdir's lock ('process N since T (command)') while a run trains there, else
+  None."""
+  try:
+    f = open(path(workdir, LOCK))
+  except FileNotFoundError:
+    return None
+  with f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # Taken (and let go) only where none trains.
+    except OSError:
+      return f.read().strip() or 'another process'
+    fcntl.flock(f, fcntl.LOCK_UN)
+  return None
+
+
 # --- How far a run got -----------------------------------------------------------------------
 
 
