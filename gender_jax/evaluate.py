@@ -69,16 +69,21 @@ def evaluate(workdir, split='test', folder=None, data_dir=None, batch_size=None,
   evaluated = folder or (split if name == split else f'{split} split of {data_dir}')
   result = {'workdir': os.path.abspath(workdir), 'evaluated': evaluated,
             'checkpoint_epoch': trained.epoch,
-            'metrics': metrics_lib.classification_metrics(data.labels, logits)}
+            'metrics': metrics_lib.classification_metrics(data.labels, logits),
+            'no_face': len(data.no_face)}
   if labels_csv:
     rows = groups_lib.match_rows(data, folder, table, labels_csv)
     result['labels_csv'] = os.path.abspath(labels_csv)
     result['groups'] = groups_lib.evaluate_groups(data.labels, logits, rows, columns)
-    if result['groups']:
+  try:
+    if result.get('groups'):
       result['groups_figure'] = os.path.join(workdir, f'eval_{name}_groups.png')
       groups_lib.plot_groups(result['groups'], result['metrics']['accuracy'],
                              result['groups_figure'])
-  run_dir.write_json(run_dir.path(workdir, run_dir.evaluation_file(name)), result)
+    run_dir.write_json(run_dir.path(workdir, run_dir.evaluation_file(name)), result)
+  except OSError as e:  # A read-only or full run directory: the numbers are still shown.
+    result.pop('groups_figure', None)
+    result['not_saved'] = cli.environment_fault(e) or str(e)
   return result
 
 
@@ -89,6 +94,9 @@ def format_table(result):
            for k in ('accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'roc_auc',
                      'loss')]
   rows += [(f'accuracy {c}', f"{m['per_class_accuracy'][c]:.4f}") for c in LABELS]
+  if result.get('no_face'):
+    rows += [('no face found', f"{result['no_face']} images (resized whole or left out, as the "
+                               'run was trained)')]
   (tn, fp), (fn, tp) = m['confusion_matrix']
   rows += [('confusion (true\\pred)', f'female: {tn} {fp} | male: {fn} {tp}')]
   width = max(len(k) for k, _ in rows)
@@ -109,6 +117,8 @@ def main(argv):
   result = evaluate(FLAGS.workdir, FLAGS.split, FLAGS.folder, FLAGS.data_dir,
                     FLAGS.batch_size, FLAGS.labels_csv)
   print(format_table(result))
+  if 'not_saved' in result:
+    raise SystemExit(f"error: the numbers above are not saved: {result['not_saved']}")
 
 
 if __name__ == '__main__':

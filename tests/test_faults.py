@@ -313,3 +313,13 @@ def test_evaluate_during_the_first_epoch_says_the_run_is_still_training(finished
   assert status == 1 and 'Traceback' not in stderr
   assert f'is still training (process {holder.pid} since' in stderr
   assert 'Rerun its training command' not in stderr
+
+
+def test_evaluate_shows_the_numbers_even_where_it_cannot_save_them(finished, tmp_path):
+  workdir = _copy_run(finished, tmp_path)
+  (workdir / 'eval_test.json').unlink()
+  (workdir / 'eval_test.json').mkdir()  # Cannot be written, even by root (as a read-only run).
+  status, stdout, stderr = command('gender_jax.evaluate', f'--workdir={workdir}')
+  assert status == 1 and 'Traceback' not in stderr, stderr
+  assert 'accuracy' in stdout and 'best epoch' in stdout
+  assert 'error: the numbers above are not saved: Is a directory' in stderr
