@@ -323,3 +323,18 @@ def test_evaluate_shows_the_numbers_even_where_it_cannot_save_them(finished, tmp
   assert status == 1 and 'Traceback' not in stderr, stderr
   assert 'accuracy' in stdout and 'best epoch' in stdout
   assert 'error: the numbers above are not saved: Is a directory' in stderr
+
+
+def test_a_run_trained_on_relative_paths_is_evaluated_from_anywhere(synthetic_faces, tmp_path,
+                                                                    monkeypatch):
+  shutil.copytree(synthetic_faces, tmp_path / 'faces')
+  monkeypatch.chdir(tmp_path)
+  config = tiny.get_config('custom')
+  config.update(data_dir='faces', tfds_dir='tfds')
+  train.train_and_evaluate(config, 'run')
+  recorded = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  assert recorded['data_dir'] == str(tmp_path / 'faces') and config.data_dir == 'faces'
+  train.train_and_evaluate(config, 'run')  # The same command again: the same experiment.
+  status, stdout, stderr = command('gender_jax.evaluate', f'--workdir={tmp_path / "run"}')
+  assert status == 0, stderr  # Run from the repository, not from where it trained.
+  assert 'best epoch' in stdout

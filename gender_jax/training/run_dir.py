@@ -49,6 +49,8 @@ RESULTS_FIELDS = (
 # Config fields that say where things are or how big evaluation batches are, not what is
 # computed: a rerun may change them. The weights' own identity is checked through their metadata.
 NOT_RESULTS = ('tfds_dir', 'eval_batch_size', 'weights', 'face_detector_weights')
+# Folders the run reads, recorded absolute so evaluate and predict find them from anywhere.
+PATH_FIELDS = ('data_dir', 'tfds_dir', 'weights', 'face_detector_weights')
 
 
 class ExperimentMismatchError(UserError, ValueError):
@@ -223,6 +225,15 @@ def _as_json(value):
   return json.loads(json.dumps(value))  # Tuples as the record's lists.
 
 
+def with_absolute_paths(config):
+  """The config's PATH_FIELDS made absolute (from the current directory), in place; empty ones
+  (no weights) stay empty."""
+  for field in PATH_FIELDS:
+    if config[field]:
+      config[field] = os.path.abspath(os.path.expanduser(config[field]))
+  return config
+
+
 def config_changes(recorded, requested):
   """[(field, recorded value, requested value)] of changes that would change the results.
 
@@ -234,6 +245,8 @@ def config_changes(recorded, requested):
   changes = []
   for field in sorted(set(recorded) & set(requested)):
     old, new = recorded[field], requested[field]
+    if field in PATH_FIELDS and old and new:  # Runs saved before paths were absolute: relative.
+      old, new = os.path.abspath(old), os.path.abspath(new)
     grows = (field == 'num_epochs' and new > old and recorded.get('lr_schedule') != 'cosine')
     if field in NOT_RESULTS or old == new or (field == 'face_template' and not new) or grows:
       continue

@@ -216,9 +216,9 @@ def say(line):
 
 
 def recorded_config(config, face_input):
-  """The run's config as it runs and is recorded: with the face template its training faces gave
-  where the config left it empty (the caller's config is left as it is)."""
-  config = config.copy_and_resolve_references()
+  """The run's config as it runs and is recorded: its folders absolute, and the face template its
+  training faces gave where the config left it empty (the caller's config is left as it is)."""
+  config = run_dir.with_absolute_paths(config.copy_and_resolve_references())
   config.face_template = face_input.template
   return config
 
