@@ -338,3 +338,11 @@ def test_a_run_trained_on_relative_paths_is_evaluated_from_anywhere(synthetic_fa
   status, stdout, stderr = command('gender_jax.evaluate', f'--workdir={tmp_path / "run"}')
   assert status == 0, stderr  # Run from the repository, not from where it trained.
   assert 'best epoch' in stdout
+
+
+def test_a_finished_run_without_its_config_json_is_still_evaluated(finished, tmp_path):
+  workdir = _copy_run(finished, tmp_path)
+  (workdir / 'config.json').unlink()
+  status, stdout, stderr = command('gender_jax.evaluate', f'--workdir={workdir}')
+  assert status == 0, stderr  # results.json holds the same config.
+  assert json.loads((workdir / 'eval_test.json').read_text())['metrics'] == finished[1]['metrics']

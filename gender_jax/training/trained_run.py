@@ -28,13 +28,18 @@ class Trained:
 def load_trained(workdir):
   """Restores the best checkpoint of a run; needs neither the data nor the weights folder."""
   config_path = run_dir.path(workdir, run_dir.CONFIG)
-  if not os.path.exists(config_path):
+  results_path = run_dir.path(workdir, run_dir.RESULTS)
+  if os.path.exists(config_path):
+    recorded = run_dir.read_json(config_path)
+  elif os.path.exists(results_path):  # A finished run records its config in its results too.
+    recorded = run_dir.read_json(results_path)['config']
+  else:
     raise run_dir.NoRunError(
         f'{workdir} holds no trained run ({run_dir.CONFIG} is missing); train one with: '
         f'python -m gender_jax.main --config=configs/custom.py --workdir={workdir}')
   # Over the defaults: fields added since the run was saved take their default values.
   config = base_config.get_config()
-  config.update(run_dir.read_json(config_path))
+  config.update(recorded)
   metadata = run_dir.read_json(run_dir.path(workdir, run_dir.WEIGHTS_METADATA))
   model = networks.create_model(config, metadata and metadata['preprocessing'])
   dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.uint8)
