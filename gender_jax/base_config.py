@@ -12,7 +12,9 @@ import ml_collections
 def get_config():
   """Returns the base config: the study's protocol on the CelebA gender faces."""
   config = ml_collections.ConfigDict()
-  config.model = 'custom'  # 'custom' (from scratch), 'vgg16' or 'vggface' (frozen, pretrained).
+  # 'custom' (from scratch); 'vgg16', 'vggface' or 'face_resnet' (pretrained, frozen unless
+  # finetune_blocks says otherwise).
+  config.model = 'custom'
 
   # Data. The face folder: {train,valid,test}/{male,female}/*.jpg or a flat {male,female}.
   config.data_dir = os.environ.get('GENDER_JAX_DATA', '../shared/data/celeba_gender')
@@ -52,6 +54,9 @@ def get_config():
   config.custom_channels = (32, 64, 128, 256)
   config.custom_convs_per_block = 1
   config.custom_norm = 'none'  # 'none', 'batch' or 'group': a norm after each convolution.
+  # What face_resnet's head sees: 'descriptor', the 128-d face descriptor dlib compares
+  # identities by, or 'pooled', the 256-d features averaged before the layer that makes it.
+  config.face_resnet_features = 'descriptor'
   config.head_hidden = (256,)
   config.head_pooling = 'flatten'  # 'flatten' as in the study, or 'gap'.
   config.dropout_rate = 0.5

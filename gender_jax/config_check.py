@@ -16,6 +16,7 @@ CHOICES = {
     'face_align': inputs.FACE_ALIGNS,
     'face_missing': inputs.MISSING,
     'custom_norm': networks.NORMS,
+    'face_resnet_features': networks.FACE_RESNET_FEATURES,
     'head_pooling': networks.POOLINGS,
     'compute_dtype': ('float32', 'bfloat16', 'float16'),
     'optimizer': ('adam', 'sgd'),
@@ -77,17 +78,16 @@ def problems(config, num_devices=1):
   smallest = info.min_image_size(config)
   if config.image_size < smallest:
     bad('image_size', f'>= {smallest}: {config.model} halves the image {info.blocks(config)} '
-        'times')
+        'times' + ' by unpadded layers' * (smallest > 2 ** info.blocks(config)))
   if not info.pretrained:
     if config.weights:
       bad('weights', "'' (empty): the custom model trains from scratch, it loads no weights")
     if config.finetune_blocks:
       bad('finetune_blocks', '() for the custom model: all of it trains')
   else:
-    names = {name.split('_')[0] for name in networks.vgg16_layer_names()}
-    unknown = [b for b in config.finetune_blocks if b not in names]
+    unknown = [b for b in config.finetune_blocks if b not in info.block_names]
     if unknown:
-      bad('finetune_blocks', f'block names among {", ".join(sorted(names))}')
+      bad('finetune_blocks', f'block names among {", ".join(info.block_names)}')
   if config.warmup_epochs > config.num_epochs:
     bad('warmup_epochs', f'<= num_epochs ({config.num_epochs})')
   return found

@@ -1,4 +1,5 @@
-"""The model comparison study: custom, vgg16 and vggface on one protocol, then the report.
+"""The model comparison study: custom, vgg16, vggface and face_resnet on one protocol, then the
+report.
 
   python -m gender_jax.study --workdir=runs/study --config.data_dir=PATH [--config.field=value]
   python -m gender_jax.study --workdir=runs/tiny --config=configs/tiny.py:custom
@@ -48,10 +49,11 @@ def experiment_configs(models, config_filename, overrides):
   if 'model' in overrides:
     raise app.UsageError('The study runs several models: choose them with --models, not '
                          '--config.model.')
-  if 'weights' in overrides and sum(models_lib.REGISTRY[m].pretrained for m in models) > 1:
-    raise app.UsageError('--config.weights would give vgg16 and vggface the same weights folder; '
-                         'each has its own (configs/vgg16.py, configs/vggface.py). Convert them '
-                         'there, or run one pretrained model per study.')
+  pretrained = [m for m in models if models_lib.REGISTRY[m].pretrained]
+  if 'weights' in overrides and len(pretrained) > 1:
+    raise app.UsageError(f'--config.weights would give {", ".join(pretrained)} the same weights '
+                         'folder; each has its own (configs/<model>.py). Convert them there, or '
+                         'run one pretrained model per study.')
   path, has_arg, _ = config_filename.partition(':')
   if not has_arg and os.path.basename(path) != 'default.py':
     raise app.UsageError(

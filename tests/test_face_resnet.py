@@ -266,3 +266,18 @@ def test_convert_refuses_to_replace_other_files(tmp_path):
   (tmp_path / 'notes.txt').write_text('mine')
   with pytest.raises(convert.ConversionError, match='pass --overwrite'):
     face_resnet_convert.convert_face_resnet(tmp_path, model_dir=tmp_path / 'model')
+
+
+def test_chip_template_is_dlibs_mean_face_at_padding_a_quarter():
+  # dlib's mean face shape (image_transforms/interpolation.h, points 17-67) at the points MTCNN
+  # marks: the six points of each eye (36-41, 42-47), the nose tip (30), the mouth corners (48, 54).
+  x = {36: 0.121737, 37: 0.187122, 38: 0.265825, 39: 0.334606, 40: 0.260918, 41: 0.182743,
+       42: 0.645647, 43: 0.714428, 44: 0.793132, 45: 0.858516, 46: 0.79751, 47: 0.719335,
+       30: 0.490127, 48: 0.254149, 54: 0.726104}
+  y = {36: 0.216423, 37: 0.178758, 38: 0.179852, 39: 0.231733, 40: 0.245099, 41: 0.244077,
+       42: 0.231733, 43: 0.179852, 44: 0.178758, 45: 0.216423, 46: 0.244077, 47: 0.245099,
+       30: 0.515625, 48: 0.780233, 54: 0.780233}
+  points = [np.mean([(x[i], y[i]) for i in eye], axis=0)
+            for eye in (range(36, 42), range(42, 48))] + [(x[i], y[i]) for i in (30, 48, 54)]
+  expected = (0.25 + np.asarray(points)) / 1.5
+  np.testing.assert_allclose(face_resnet.CHIP_TEMPLATE, expected.ravel(), atol=1e-6)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import tiny
+from gender_jax.models import face_resnet
 from gender_jax.models import networks
 
 
@@ -113,3 +114,35 @@ def test_custom_base_with_group_norm_has_finite_jitted_gradients():
   params = base.init(jax.random.PRNGKey(1), x)['params']
   grads = jax.jit(jax.grad(lambda p: base.apply({'params': p}, x).sum()))(params)
   assert all(jnp.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize('features,width', [('descriptor', 128), ('pooled', 256)])
+def test_face_resnet_model_encodes_face_apis_descriptor_or_pooled_features_as_a_1x1_map(
+    features, width):
+  config = tiny.get_config('face_resnet')
+  config.face_resnet_features = features
+  classifier = networks.create_model(config, 'face_api')
+  images = jax.random.randint(jax.random.PRNGKey(0), (2, 72, 72, 3), 0, 256).astype(jnp.uint8)
+  variables = classifier.init(jax.random.PRNGKey(1), images)
+  base = variables['params']['base']
+  got = classifier.apply(variables, images, method='encode')
+  net = face_resnet.FaceResNet()  # face-api's network, normalising its own input.
+  expected = net.apply({'params': base}, images,
+                       method=None if features == 'descriptor' else 'encode')
+  assert got.shape == (2, 1, 1, width)
+  assert jnp.allclose(got[:, 0, 0], expected, atol=1e-5, rtol=1e-5)
+  assert classifier.apply(variables, images).shape == (2,)
+
+
+def test_face_resnet_base_params_are_the_converted_tree_whatever_the_features():
+  for features in networks.FACE_RESNET_FEATURES:
+    config = tiny.get_config('face_resnet')
+    config.face_resnet_features = features
+    variables = jax.eval_shape(networks.create_model(config, 'face_api').init,
+                               jax.random.PRNGKey(0), jnp.zeros((1, 72, 72, 3), jnp.uint8))
+    assert shapes(variables['params']['base']) == shapes(face_resnet.param_shapes())
+
+
+def test_face_resnet_base_rejects_inputs_its_unpadded_layers_leave_nothing_of():
+  with pytest.raises(ValueError, match='at least 71 px'):
+    networks.FaceResNetBase().init(jax.random.PRNGKey(0), jnp.zeros((1, 70, 70, 3)))

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gender_jax.models import face_resnet
 from gender_jax.models import preprocessing
 
 # One RGB pixel (R, G, B) = (10, 20, 30): the Caffe-style names reorder to BGR (30, 20, 10) and
@@ -12,6 +13,8 @@ EXPECTED = {
     'caffe_imagenet': [30 - 103.939, 20 - 116.779, 10 - 123.68],
     'vggface_v1': [30 - 93.5940, 20 - 104.7624, 10 - 129.1863],
     'unit': [10 / 255, 20 / 255, 30 / 255],
+    # face-api's FaceRecognitionNet: RGB kept, its RGB means subtracted, then / 255.
+    'face_api': [(10 - 122.782) / 255, (20 - 117.001) / 255, (30 - 104.298) / 255],
 }
 
 
@@ -35,3 +38,10 @@ def test_every_name_is_tested():
 def test_unknown_name_fails():
   with pytest.raises(ValueError, match='Unknown preprocessing'):
     preprocessing.preprocess(PIXEL, 'imagenet_torch')
+
+
+def test_face_api_is_the_face_resnets_own_normalisation():
+  # On jax arrays, as inside the jitted model (numpy's division rounds 1 ulp otherwise).
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), np.uint8))
+  np.testing.assert_array_equal(preprocessing.preprocess(images, 'face_api'),
+                                face_resnet.preprocess(images))

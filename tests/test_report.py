@@ -110,6 +110,18 @@ def test_random_base_is_reported_loudly(report_text):
   assert 'WARNING: vgg16 ran on a RANDOM base' in text
 
 
+@pytest.mark.parametrize('weights, says', [
+    (None, 'none (trained from scratch)'),
+    ({'source': 'vggface', 'h5_sha256': 'ab' * 32, 'random_base': False},
+     'vggface (sha256 abababababab)'),
+    # face_resnet records no h5 file: its converter pins the sha256 of face-api's files.
+    ({'source': 'face_resnet', 'h5_sha256': None, 'random_base': False}, 'face_resnet'),
+])
+def test_weights_provenance_names_the_source_and_the_h5_files_hash_where_there_is_one(
+    weights, says):
+  assert runs.weights_provenance(weights) == says
+
+
 def test_skipped_experiment_reason_is_reported(report_text):
   text = report_text
   assert 'weights/vggface missing: run weights_convert' in text

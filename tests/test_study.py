@@ -29,6 +29,8 @@ def test_command_line_fields_override_each_models_own_config():
   assert all(c.num_epochs == 3 and c.data_dir == '/faces' for c in configs.values())
   assert configs['vgg16'].weights == 'weights/imagenet'  # Its own field stays.
   assert configs['vggface'].weights == 'weights/vggface'
+  assert configs['face_resnet'].weights == 'weights/face_resnet'
+  assert configs['face_resnet'].image_size == 150 and configs['face_resnet'].face_align == 'mtcnn'
 
 
 def test_a_config_taking_an_argument_is_called_with_each_model():

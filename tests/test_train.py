@@ -17,6 +17,7 @@ import pytest
 from configs import tiny
 from gender_jax import evaluate
 from gender_jax.data import batching
+from gender_jax.models import face_resnet
 from gender_jax.models import networks
 from gender_jax.models import pretrained
 from gender_jax.models import weights_folder
@@ -25,6 +26,7 @@ from gender_jax.training import run_dir
 from gender_jax.training import sharded
 from gender_jax.training import train
 from gender_jax.training import trained_run
+from weights_convert import convert
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -295,6 +297,81 @@ def test_pretrained_model_without_weights_says_how_to_get_them(synthetic_faces, 
                        weights=str(tmp_path / 'missing'))
   with pytest.raises(weights_folder.MissingWeightsError, match='weights_convert'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+@pytest.fixture(scope='module')
+def face_resnet_weights(tmp_path_factory):
+  """A face_resnet folder as weights_convert writes one, of seeded random params."""
+  out = tmp_path_factory.mktemp('face_resnet') / 'weights'
+  params = face_resnet.FaceResNet().init(jax.random.PRNGKey(0), np.zeros((1, 72, 72, 3)))
+  convert.write(out, jax.device_get(params['params']),
+                {'source': 'face_resnet', 'architecture': 'face_resnet',
+                 'preprocessing': 'face_api'})
+  return out
+
+
+# The head's input (face_resnet_features) and whether the base's features are cached.
+FACE_RESNET_RUNS = (('descriptor', True), ('pooled', True), ('descriptor', False))
+
+
+@pytest.fixture(scope='module')
+def face_resnet_runs(synthetic_faces, face_resnet_weights, tmp_path_factory):
+  """{(features, cache): (workdir, results)} of tiny face_resnet runs on converted weights."""
+  tmp = tmp_path_factory.mktemp('face_resnet_runs')
+  runs = {}
+  for features, cache in FACE_RESNET_RUNS:
+    config = tiny_config('face_resnet', synthetic_faces, tmp, allow_random_base=False,
+                         weights=str(face_resnet_weights), face_resnet_features=features,
+                         cache_features=cache, num_train=16, num_valid=8, num_test=8)
+    workdir = tmp / f'{features}_cache_{cache}'
+    runs[features, cache] = workdir, train.train_and_evaluate(config, str(workdir))
+  return runs
+
+
+@pytest.mark.parametrize('features, cache', FACE_RESNET_RUNS)
+def test_frozen_face_resnet_base_stays_bit_identical_and_only_the_head_trains(
+    face_resnet_runs, face_resnet_weights, features, cache):
+  workdir, results = face_resnet_runs[features, cache]
+  assert results['weights'] == {'source': 'face_resnet', 'h5_sha256': None, 'random_base': False}
+  converted, _ = face_resnet.load_params(face_resnet_weights)
+  final = restore_latest(workdir)
+  assert jax.tree.structure(converted) == jax.tree.structure(final['base'])
+  for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(final['base'])):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  width = {'descriptor': 128, 'pooled': 256}[features]
+  assert final['head']['dense0']['kernel'].shape == (width, 8)  # tiny's head_hidden=(8,).
+  head_size = sum(np.size(a) for a in jax.tree.leaves(final['head']))
+  assert results['params']['trainable'] == head_size
+
+
+def test_face_resnet_features_are_cached_apart_and_give_the_images_results(face_resnet_runs):
+  tfds = face_resnet_runs['descriptor', True][0].parent / 'tfds'
+  keys = {p.name.split('.features-')[1][:16] for p in tfds.rglob('*.features-*')}
+  assert len(keys) == 2  # Descriptor, pooled (each with its mirrored rows).
+  (_, cached), (_, uncached) = (face_resnet_runs['descriptor', c] for c in (True, False))
+  assert cached['metrics']['confusion_matrix'] == uncached['metrics']['confusion_matrix']
+  assert cached['metrics']['loss'] == pytest.approx(uncached['metrics']['loss'], rel=1e-4)
+
+
+def test_evaluate_restores_a_face_resnet_run(face_resnet_runs):
+  workdir, results = face_resnet_runs['pooled', True]
+  result = evaluate.evaluate(str(workdir), split='test')
+  assert result['metrics']['confusion_matrix'] == results['metrics']['confusion_matrix']
+  assert result['metrics']['loss'] == pytest.approx(results['metrics']['loss'], rel=1e-4)
+
+
+@pytest.mark.parametrize('weights, says', [
+    ('missing', 'python -m weights_convert --source face_resnet --download --out {tmp}/missing'),
+    ('', '--config.weights=weights/face_resnet'),
+])
+def test_face_resnet_without_weights_is_one_line_with_the_command(
+    synthetic_faces, tmp_path, weights, says):
+  config = tiny_config('face_resnet', synthetic_faces, tmp_path, allow_random_base=False,
+                       weights=weights and str(tmp_path / weights))
+  with pytest.raises(weights_folder.MissingWeightsError) as error:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert '\n' not in str(error.value) and says.format(tmp=tmp_path) in str(error.value)
+  assert not (tmp_path / 'tfds').exists()  # Before any data is read.
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(

@@ -87,10 +87,23 @@ def test_each_bad_field_is_one_line_naming_field_value_and_what_is_accepted(
 
 
 def test_every_shipped_config_passes_the_check():
-  from configs import custom, default, vgg16, vggface  # pylint: disable=g-import-not-at-top
+  from configs import custom, default, face_resnet, vgg16, vggface  # pylint: disable=g-import-not-at-top
   for config in (default.get_config(), custom.get_config(), vgg16.get_config(),
-                 vggface.get_config(), tiny.get_config('custom'), tiny.get_config('vggface')):
+                 vggface.get_config(), face_resnet.get_config(), tiny.get_config('custom'),
+                 tiny.get_config('vggface'), tiny.get_config('face_resnet')):
     assert config_check.problems(config, num_devices=4) == []
+
+
+@pytest.mark.parametrize('field, value, accepted', [
+    ('face_resnet_features', 'logits', "one of 'descriptor', 'pooled'"),
+    ('image_size', 70, '>= 71: face_resnet halves the image 6 times by unpadded layers'),
+    ('finetune_blocks', ('block5',), 'block names among conv32, conv64, conv128, conv256, fc'),
+])
+def test_face_resnet_fields_are_checked_against_its_own_network(field, value, accepted):
+  config = tiny.get_config('face_resnet')
+  config[field] = value
+  problems = config_check.problems(config, num_devices=4)
+  assert len(problems) == 1 and accepted in problems[0], problems
 
 
 def test_a_bad_config_fails_before_any_data_is_read(tmp_path):

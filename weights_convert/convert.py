@@ -254,9 +254,9 @@ def convert(source, h5_path, out_dir, sha256=None, overwrite=False):
   `sha256`, if given, pins the file: another hash is a ConversionError. `out_dir` must be new,
   empty or hold `source`'s weights, unless `overwrite` (see `check_out`).
   """
-  if source not in pretrained.PREPROCESSING_OF_SOURCE:
+  if source not in pretrained.H5_URL_OF_SOURCE:  # The VGG16 sources.
     raise ConversionError(f'unknown source {source!r}; expected one of '
-                          f'{list(pretrained.PREPROCESSING_OF_SOURCE)}.')
+                          f'{list(pretrained.H5_URL_OF_SOURCE)}.')
   check_out(out_dir, source, overwrite)
   h5_path = pathlib.Path(h5_path).expanduser()
   try:

@@ -12,14 +12,22 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from gender_jax.models import preprocessing
 from gender_jax.models import weights_folder
 
 CONVERT_COMMAND = 'python -m weights_convert --source face_resnet --download --out {}'
 INPUT_SIZE = 150
-# face-api's forwardInput: (x - mean) / 255 per RGB channel. dlib's own input layer has the same
-# means but divides by 256; the weights are checked against face-api, so its scaling is kept.
-MEAN_RGB = (122.782, 117.001, 104.298)
+# face-api's forwardInput: (x - mean) / 255 per RGB channel (the 'face_api' preprocessing).
+MEAN_RGB = preprocessing.FACE_API_MEAN_RGB
 FEATURES, DESCRIPTOR = 256, 128
+# The faces the network was trained on: dlib's chips, get_face_chip_details(shape, 150, 0.25) as
+# dlib's dnn_face_recognition_ex.cpp cuts them. As a face_template (gender_jax.faces.align): where
+# such a chip puts MTCNN's five landmarks, from dlib's mean face shape (image_transforms/
+# interpolation.h) at padding 0.25, (0.25 + p) / 1.5: each eye's centre (the mean of its six
+# points), the nose tip (point 30) and the mouth corners (48, 54). Faces are larger and higher
+# in it than in a template derived from CelebA's crops (docs/results.md, face_resnet).
+CHIP_TEMPLATE = (0.316995, 0.310660, 0.669841, 0.310660, 0.493418, 0.510417,
+                 0.336099, 0.686822, 0.650736, 0.686822)
 # The residual blocks in forwardInput's order: (name, channels, down). A 'down' block halves the
 # height and width and, where the channels grow, pads its shortcut with zero channels.
 BLOCKS = (('conv32_1', 32, False), ('conv32_2', 32, False), ('conv32_3', 32, False),

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gender_jax.models import face_resnet
 from gender_jax.models import preprocessing
 from gender_jax.models import winograd as winograd_conv
 
@@ -103,6 +104,33 @@ class CustomBase(nn.Module):
     return x
 
 
+FACE_RESNET_FEATURES = ('descriptor', 'pooled')
+# The smallest input face_resnet's unpadded convolutions and pools leave a pixel of: its six
+# halvings alone would allow 64 px, where the mean is then over nothing.
+FACE_RESNET_MIN_SIZE = 71
+
+
+class FaceResNetBase(face_resnet.FaceResNet):
+  """dlib's face-recognition ResNet (gender_jax.models.face_resnet) as a base: preprocessed
+  images -> its 128-d descriptor (`features='descriptor'`) or the 256-d features pooled before
+  it ('pooled'), as a 1x1 map: the (N, h, w, c) of every base, which the head's pooling and the
+  feature cache's mirrored rows take as they are. Params are face_resnet's, names and all."""
+  normalize_input: bool = False  # The Classifier applies the 'face_api' preprocessing.
+  features: str = 'descriptor'
+
+  def __call__(self, x, train: bool = False):  # pylint: disable=unused-argument
+    if min(x.shape[-3:-1]) < FACE_RESNET_MIN_SIZE:
+      raise ValueError(f'FaceResNetBase needs inputs of at least {FACE_RESNET_MIN_SIZE} px, got '
+                       f'{x.shape[-3:-1]}.')
+    if self.features not in FACE_RESNET_FEATURES:
+      raise ValueError(f'Unknown features {self.features!r}; expected one of '
+                       f'{FACE_RESNET_FEATURES}.')
+    x = self.encode(x)
+    if self.features == 'descriptor':
+      x = x @ self.fc.astype(self.dtype)
+    return x[:, None, None, :]
+
+
 class DenseHead(nn.Module):
   """Features -> flatten (or global average pool) -> [Dropout] -> Dense+ReLU -> Dropout -> logit."""
   hidden: Sequence[int] = (256,)
@@ -150,19 +178,28 @@ class ModelInfo(NamedTuple):
   """What the rest of gender_jax needs to know of a model, by its config.model name."""
   weights_source: str | None  # The converted weights its base loads; None: trained from scratch.
   blocks: Callable[[Any], int]  # How many times its base halves the image, from the config.
+  # What config.finetune_blocks may name: the base's layer names up to their first '_'.
+  block_names: tuple = ()
+  min_size: int = 0  # Where unpadded layers need more than the halvings' 2 ** blocks px.
 
   @property
   def pretrained(self):
     return self.weights_source is not None
 
   def min_image_size(self, config):
-    return 2 ** self.blocks(config)  # At least one pixel left after the last pooling.
+    # At least one pixel left after the last pooling.
+    return max(2 ** self.blocks(config), self.min_size)
 
 
+VGG16_BLOCK_NAMES = tuple(f'block{b}' for b in range(1, len(VGG16_BLOCKS) + 1))
 REGISTRY = {
     'custom': ModelInfo(None, lambda config: len(config.custom_channels)),
-    'vgg16': ModelInfo('imagenet', lambda config: len(VGG16_BLOCKS)),
-    'vggface': ModelInfo('vggface', lambda config: len(VGG16_BLOCKS)),
+    'vgg16': ModelInfo('imagenet', lambda config: len(VGG16_BLOCKS), VGG16_BLOCK_NAMES),
+    'vggface': ModelInfo('vggface', lambda config: len(VGG16_BLOCKS), VGG16_BLOCK_NAMES),
+    # A strided 7x7 convolution, a max-pool and four strided residual blocks.
+    'face_resnet': ModelInfo('face_resnet', lambda config: 6,
+                             ('conv32', 'conv64', 'conv128', 'conv256', 'fc'),
+                             FACE_RESNET_MIN_SIZE),
 }
 NORMS = ('none', 'batch', 'group')
 POOLINGS = ('flatten', 'gap')
@@ -180,14 +217,24 @@ def create_model(config, preprocessing_name=None):
                       convs_per_block=config.custom_convs_per_block, norm=config.custom_norm,
                       dtype=dtype)
     preprocessing_name = 'unit'
+  elif config.model == 'face_resnet':
+    base = FaceResNetBase(features=config.face_resnet_features, dtype=dtype)
   elif REGISTRY[config.model].weights_source:
     base = VGG16Base(dtype=dtype)
-    if preprocessing_name is None:
-      raise ValueError('A pretrained base needs the preprocessing named in its weights metadata.')
+  if preprocessing_name is None:
+    raise ValueError('A pretrained base needs the preprocessing named in its weights metadata.')
   head = DenseHead(hidden=tuple(config.head_hidden), dropout_rate=config.dropout_rate,
                    input_dropout_rate=config.head_input_dropout,
                    pooling=config.head_pooling)
   return Classifier(base=base, head=head, preprocessing=preprocessing_name)
+
+
+def encode_settings(config):
+  """The config fields besides the base's variables, dtype and preprocessing that change what
+  create_model's `encode` gives: part of the feature cache's key."""
+  if config.model == 'face_resnet':
+    return {'face_resnet_features': config.face_resnet_features}
+  return {}
 
 
 def initial_variables(model, config, rng, base_params=None):

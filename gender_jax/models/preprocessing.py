@@ -13,7 +13,11 @@ _BGR_MEANS = {
     # keras_vggface.utils.preprocess_input(version=1)
     'vggface_v1': (93.5940, 104.7624, 129.1863),
 }
-PREPROCESSINGS = (*_BGR_MEANS, 'unit')
+# face-api's FaceRecognitionNet (dlib's face ResNet, gender_jax.models.face_resnet) takes
+# (x - mean) / 255 per RGB channel. dlib's own input layer has the same means but divides by 256;
+# the weights are checked against face-api, so its scaling is kept.
+FACE_API_MEAN_RGB = (122.782, 117.001, 104.298)
+PREPROCESSINGS = (*_BGR_MEANS, 'face_api', 'unit')
 
 
 def preprocess(images, name):
@@ -23,6 +27,8 @@ def preprocess(images, name):
   """
   if name == 'unit':
     return images.astype('float32') / 255.0
+  if name == 'face_api':
+    return (images.astype('float32') - np.asarray(FACE_API_MEAN_RGB, np.float32)) / 255
   if name not in _BGR_MEANS:
     raise ValueError(f'Unknown preprocessing {name!r}; expected one of {PREPROCESSINGS}.')
   bgr = images[..., ::-1].astype('float32')

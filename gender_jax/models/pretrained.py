@@ -1,8 +1,8 @@
-"""Converted pretrained VGG16 bases: where they come from, and loading them for the models.
+"""Converted pretrained bases: where they come from, and loading them for the models.
 
 `python -m weights_convert` writes a folder DIR/{params (orbax), metadata.json}; `load` restores
-it and refuses weights that belong to another source, so each model gets the base and the
-preprocessing it was trained with.
+a VGG16 one (face_resnet.load_params a face_resnet one) and refuses weights that belong to another
+source, so each model gets the base and the preprocessing it was trained with.
 """
 import json
 import pathlib
@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from gender_jax.models import face_resnet
 from gender_jax.models import networks
 from gender_jax.models import weights_folder
 
 # Each source's input normalisation, a name in gender_jax.models.preprocessing.
-PREPROCESSING_OF_SOURCE = {'imagenet': 'caffe_imagenet', 'vggface': 'vggface_v1'}
-# The public notop (no fully connected top) h5 files.
+PREPROCESSING_OF_SOURCE = {'imagenet': 'caffe_imagenet', 'vggface': 'vggface_v1',
+                           'face_resnet': 'face_api'}
+# The public notop (no fully connected top) h5 files of the VGG16 sources.
 H5_URL_OF_SOURCE = {
     'imagenet': 'https://storage.googleapis.com/tensorflow/keras-applications/vgg16/'
                 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5',
@@ -92,7 +94,7 @@ def load(weights_dir, expected_source=None):
       metadata.get('preprocessing') != PREPROCESSING_OF_SOURCE.get(source)):
     raise weights_folder.WeightsMismatchError(
         f'{weights_dir}/metadata.json: expected a vgg16 base from one of '
-        f'{PREPROCESSING_OF_SOURCE} with its preprocessing, got architecture='
+        f'{list(H5_URL_OF_SOURCE)} with its preprocessing, got architecture='
         f'{metadata.get("architecture")!r}, source={source!r}, '
         f'preprocessing={metadata.get("preprocessing")!r}.')
 
@@ -120,7 +122,14 @@ def load_base(config):
   if source is None:
     return None, None
   try:
-    return load(config.weights, expected_source=source)
+    if source != 'face_resnet':
+      return load(config.weights, expected_source=source)
+    if not str(config.weights or ''):
+      folder = weights_folder.convert_target('weights/face_resnet', source)[0]
+      raise weights_folder.MissingWeightsError(
+          f'No weights folder is set (config.weights is empty); pass --config.weights={folder}, '
+          f'made with: {face_resnet.CONVERT_COMMAND.format(folder)}')
+    return face_resnet.load_params(config.weights)
   except weights_folder.MissingWeightsError:
     if not config.allow_random_base:
       raise

@@ -121,8 +121,8 @@ def weights_provenance(weights):
     return 'none (trained from scratch)'
   if weights.get('random_base'):
     return '**RANDOM BASE (NOT PRETRAINED)**'
-  sha = weights.get('h5_sha256') or ''
-  return f"{weights.get('source', '?')} (sha256 {sha[:12]})"
+  sha = weights.get('h5_sha256')  # None for face_resnet: its converter pins its files' sha256.
+  return f"{weights.get('source', '?')}" + (f' (sha256 {sha[:12]})' if sha else '')
 
 
 def when(run):

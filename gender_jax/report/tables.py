@@ -42,7 +42,7 @@ def setup_section(study):
   lines += ['Weights of each base:', '']
   for run in study.runs:
     w = run.results.get('weights')
-    if w and not w.get('random_base'):
+    if w and w.get('h5_sha256') and not w.get('random_base'):
       lines.append(f"- {run.name}: `{w.get('source')}`, h5 sha256 `{w.get('h5_sha256')}`")
     else:
       lines.append(f'- {run.name}: {runs_lib.weights_provenance(w)}')

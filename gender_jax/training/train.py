@@ -199,7 +199,8 @@ def frozen_base_features(mesh, model, variables, splits, config, weights_meta):
   """{split: features} of the frozen base, from (and into) the dataset's shared feature cache."""
   base = {collection: tree['base'] for collection, tree in variables.items() if 'base' in tree}
   key = feature_cache.fingerprint(base, model=config.model, dtype=config.compute_dtype,
-                                  preprocessing=weights_meta['preprocessing'])
+                                  preprocessing=weights_meta['preprocessing'],
+                                  **networks.encode_settings(config))
   encode = lambda split, flip: sharded.extract_features(
       mesh, model.apply, variables, split, config.eval_batch_size, flip=flip,
       desc=f'features {split.name}{" (flipped)" if flip else ""}')
