@@ -2,13 +2,9 @@
 weights, as `python -m weights_convert --source mtcnn` writes them. The cascade that runs them is
 gender_jax/faces/detect.py.
 """
-import json
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from gender_jax.models import weights_folder
 
@@ -112,38 +108,7 @@ def param_shapes():
 # --- Converted weights. ---
 
 def load_params(weights_dir):
-  """Restores a folder written by `python -m weights_convert --source mtcnn` as (params, metadata).
-
-  Raises weights_folder.MissingWeightsError when it is missing or incomplete, WeightsMismatchError
-  when it holds other weights; both one line, naming the folder and the command that makes it.
-  """
-  weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
-  out, held = weights_folder.convert_target(weights_dir, 'mtcnn')
-  make = f'make them with: {CONVERT_COMMAND.format(out)} (offline: --wheel or --pt-dir)'
-  if held:  # Converting there would replace another source's weights (or other files).
-    make = (f'{weights_dir} {held}; converting mtcnn there would replace them, so pass '
-            f'--config.face_detector_weights={out} and {make}')
-  for part in ('metadata.json', 'params'):
-    if not (weights_dir / part).exists():
-      why = 'no such folder' if not weights_dir.is_dir() else f'{part} is missing'
-      raise weights_folder.MissingWeightsError(
-          f'No MTCNN weights in {weights_dir} ({why}); {make}.')
-  try:
-    metadata = json.loads((weights_dir / 'metadata.json').read_text())
-  except ValueError as e:
-    raise weights_folder.MissingWeightsError(
-        f'No MTCNN weights in {weights_dir} (metadata.json is unreadable: {e}); {make}.') from e
-  if metadata.get('source') != 'mtcnn' or metadata.get('architecture') != 'mtcnn':
-    raise weights_folder.WeightsMismatchError(
-        f'{weights_dir} holds {metadata.get("source")!r} weights, not MTCNN ones; {make}.')
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      params = checkpointer.restore(weights_dir / 'params')
-  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds on a bad folder.
-    why = (str(e).splitlines() or [type(e).__name__])[0][:200]
-    raise weights_folder.MissingWeightsError(
-        f'No MTCNN weights in {weights_dir} (params do not restore: {why}); {make}.') from e
-  if wrong := weights_folder.shape_mismatches(params, param_shapes()):
-    raise weights_folder.WeightsMismatchError(
-        f'{weights_dir}/params is not an MTCNN params tree: {wrong}; {make}.')
-  return params, metadata
+  """Restores a folder written by `python -m weights_convert --source mtcnn` as (params,
+  metadata); one-line errors as weights_folder.load's."""
+  return weights_folder.load(weights_dir, 'mtcnn', 'MTCNN', param_shapes(), CONVERT_COMMAND,
+                             '--wheel or --pt-dir', '--config.face_detector_weights')

@@ -3,14 +3,11 @@ runs it (its src/faceRecognitionNet), and the converted weights `python -m weigh
 --source face_resnet` writes. Params carry face-api's tensor names: its
 'conv32_1/conv1/conv/filters' is params['conv32_1']['conv1']['conv']['filters'].
 """
-import json
-import pathlib
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from gender_jax.models import preprocessing
 from gender_jax.models import weights_folder
@@ -148,39 +145,6 @@ def param_shapes():
 
 def load_params(weights_dir):
   """Restores a folder written by `python -m weights_convert --source face_resnet` as (params,
-  metadata).
-
-  Raises weights_folder.MissingWeightsError when it is missing or incomplete, WeightsMismatchError
-  when it holds other weights; both one line, naming the folder and the command that makes it.
-  """
-  weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
-  out, held = weights_folder.convert_target(weights_dir, 'face_resnet')
-  make = f'make them with: {CONVERT_COMMAND.format(out)} (offline: --tarball or --model-dir)'
-  if held:  # Converting there would replace another source's weights (or other files).
-    make = (f'{weights_dir} {held}; converting face_resnet there would replace them, so choose '
-            f'{out} and {make}')
-  for part in ('metadata.json', 'params'):
-    if not (weights_dir / part).exists():
-      why = 'no such folder' if not weights_dir.is_dir() else f'{part} is missing'
-      raise weights_folder.MissingWeightsError(
-          f'No face_resnet weights in {weights_dir} ({why}); {make}.')
-  try:
-    metadata = json.loads((weights_dir / 'metadata.json').read_text())
-  except ValueError as e:
-    raise weights_folder.MissingWeightsError(
-        f'No face_resnet weights in {weights_dir} (metadata.json is unreadable: {e}); '
-        f'{make}.') from e
-  if metadata.get('source') != 'face_resnet' or metadata.get('architecture') != 'face_resnet':
-    raise weights_folder.WeightsMismatchError(
-        f'{weights_dir} holds {metadata.get("source")!r} weights, not face_resnet ones; {make}.')
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      params = checkpointer.restore(weights_dir / 'params')
-  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds on a bad folder.
-    why = (str(e).splitlines() or [type(e).__name__])[0][:200]
-    raise weights_folder.MissingWeightsError(
-        f'No face_resnet weights in {weights_dir} (params do not restore: {why}); {make}.') from e
-  if wrong := weights_folder.shape_mismatches(params, param_shapes()):
-    raise weights_folder.WeightsMismatchError(
-        f'{weights_dir}/params is not a face_resnet params tree: {wrong}; {make}.')
-  return params, metadata
+  metadata); one-line errors as weights_folder.load's."""
+  return weights_folder.load(weights_dir, 'face_resnet', 'face_resnet', param_shapes(), CONVERT_COMMAND,
+                             '--tarball or --model-dir', '--config.weights')

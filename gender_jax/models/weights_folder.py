@@ -5,6 +5,7 @@ import json
 import pathlib
 
 from flax import traverse_util
+import orbax.checkpoint as ocp
 
 from gender_jax import UserError
 
@@ -74,3 +75,43 @@ def shape_mismatches(params, expected):
   want, got = shapes(expected), shapes(params)
   return ', '.join(f'{k}: {got.get(k)}, expected {want.get(k)}'
                    for k in sorted(want.keys() | got.keys()) if got.get(k) != want.get(k))
+
+
+def load(weights_dir, source, name, expected, command, offline, flag):
+  """Restores a folder that `python -m weights_convert --source SOURCE` wrote, as (params,
+  metadata), checked against `expected` (params as ShapeDtypeStructs).
+
+  name: the weights as a message says them ('MTCNN'); command: the convert command, with {} for
+  the folder; offline: the converter's offline routes; flag: the config flag naming the folder.
+  Raises MissingWeightsError when the folder is missing or incomplete, WeightsMismatchError when
+  it holds other weights; both one line, naming the folder and the command that makes it.
+  """
+  weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
+  out, held = convert_target(weights_dir, source)
+  make = f'make them with: {command.format(out)} (offline: {offline})'
+  if held:  # Converting there would replace another source's weights (or other files).
+    make = (f'{weights_dir} {held}; converting {source} there would replace them, so pass '
+            f'{flag}={out} and {make}')
+  for part in ('metadata.json', 'params'):
+    if not (weights_dir / part).exists():
+      why = 'no such folder' if not weights_dir.is_dir() else f'{part} is missing'
+      raise MissingWeightsError(f'No {name} weights in {weights_dir} ({why}); {make}.')
+  try:
+    metadata = json.loads((weights_dir / 'metadata.json').read_text())
+  except ValueError as e:
+    raise MissingWeightsError(
+        f'No {name} weights in {weights_dir} (metadata.json is unreadable: {e}); {make}.') from e
+  if metadata.get('source') != source or metadata.get('architecture') != source:
+    raise WeightsMismatchError(
+        f'{weights_dir} holds {metadata.get("source")!r} weights, not {name} ones; {make}.')
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      params = checkpointer.restore(weights_dir / 'params')
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds on a bad folder.
+    why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    raise MissingWeightsError(
+        f'No {name} weights in {weights_dir} (params do not restore: {why}); {make}.') from e
+  if wrong := shape_mismatches(params, expected):
+    raise WeightsMismatchError(
+        f'{weights_dir}/params is not the {name} params tree: {wrong}; {make}.')
+  return params, metadata
