@@ -1,9 +1,9 @@
 """Input pipeline speed: img/s from the built TFDS dataset to preprocessed float32 batches.
 
 For each image size, one epoch of the study's protocol (5000/750/750 by default) goes through
-gender_jax.data: protocol.load_splits, then augment.train_batches (flips and shifts) over the train
-split and batching.eval_batches over valid and test, each batch passed through
-preprocessing.preprocess('caffe_imagenet') on the host to float32. Measured three ways, in this run:
+gender_jax.data: protocol.load_splits, then augment.train_batches (the rows as stored; the training
+step augments them on the devices) over the train split and batching.eval_batches over valid and
+test, each batch passed through preprocessing.preprocess('caffe_imagenet') on the host to float32. Measured three ways, in this run:
   naive: sequential PIL open + decode + RGB + resize per file, batched and preprocessed the same;
   cold:  load_splits with an empty decoded cache (first load at this size: decode + resize in
          threads, cache written);

@@ -177,13 +177,13 @@ def train_steps(config, split, steps):
   state = train.create_train_state(config, model, jax.random.PRNGKey(0),
                                    batching.num_train_steps(split, BATCH))
   state = jax.device_put(state, mesh.replicated)
-  step = train.jit_train_step(mesh, stop_base_gradient=train.base_is_frozen(config))
-  batches = augment.train_batches(split, BATCH, seed=0, epoch=2, flip=True,
-                                         jitter=augment.Jitter.from_config(config))
+  jitter = augment.Jitter.from_config(config)
+  step = train.jit_train_step(mesh, stop_base_gradient=train.base_is_frozen(config),
+                              jitter=jitter)
+  batches = augment.train_batches(split, BATCH, seed=0, epoch=2, flip=True, jitter=jitter)
   losses = []
   for batch in itertools.islice(batches, steps):
-    state, sums = step(state, mesh.shard_batch({'image': batch['image'],
-                                                'label': batch['label']}))
+    state, sums = step(state, mesh.shard_batch(train.step_batch(batch)))
     losses.append(sums['loss'] / sums['count'])
   return [float(x) for x in jax.device_get(losses)]
 

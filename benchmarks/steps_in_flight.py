@@ -1,6 +1,6 @@
 """How far the host's input may run ahead of training: `train.train_epoch`'s steps in flight.
 
-An epoch of configs/custom.py (its jitter on the host, as train.py feeds its step) over random
+An epoch of configs/custom.py (its jitter in the step, as train.py feeds it) over random
 images held in memory, with train.STEPS_IN_FLIGHT and the other counts asked (`none`: never
 wait, the loop before the bound), taking turns in one process after one warm-up epoch; each
 epoch starts from the same initial state over the same batches, so each does the same work. Prints
@@ -63,7 +63,7 @@ def timed_epoch(step, state, split, config, mesh, steps_in_flight):
     for b in augment.train_batches(
         split, config.batch_size, seed=0, epoch=1, flip=config.augment_flip,
         jitter=augment.Jitter.from_config(config)):
-      yield mesh.shard_batch({'image': b['image'], 'label': b['label']})
+      yield mesh.shard_batch(train.step_batch(b))
     input_done.append(time.perf_counter())
 
   start = time.perf_counter()
@@ -88,12 +88,13 @@ def main(argv=None):
   # Every epoch starts from the same state and draws the same batches: the same work each time.
   fresh_state = lambda: train.create_train_state(config, model, jax.random.PRNGKey(0),
                                                  steps_per_epoch=images // args.batch)
-  step = train.jit_train_step(mesh, stop_base_gradient=False)
+  step = train.jit_train_step(mesh, stop_base_gradient=False,
+                              jitter=augment.Jitter.from_config(config))
   print(f'{cpu_model()}, {os.cpu_count()} CPUs, load average {load_average()} at start; '
         f'Python {platform.python_version()}, jax {jax.__version__}, {len(jax.devices())} x '
         f'{jax.devices()[0].platform}')
   print(f'configs/custom.py at {args.image_size} px, batch {args.batch}, {images} images an '
-        f'epoch, jitter on the host; counts {args.counts}, {args.rounds} rounds', flush=True)
+        f'epoch, jitter in the step; counts {args.counts}, {args.rounds} rounds', flush=True)
 
   seconds, _ = timed_epoch(step, fresh_state(), split, config, mesh, train.STEPS_IN_FLIGHT)
   print(f'warm-up epoch {seconds:.1f} s', flush=True)

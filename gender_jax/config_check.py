@@ -30,7 +30,8 @@ RANGES = {
     'warmup_epochs': (0, None, True), 'dropout_rate': (0, 1, True),
     'head_input_dropout': (0, 1, True), 'max_bad_fraction': (0, 1, True),
     'seed': (0, None, True), 'train_seed': (-1, None, True), 'face_zoom': (0, None, False),
-    'augment_shift': (0, 1, True), 'augment_scale': (0, 1, True), 'augment_aspect': (0, 1, True),
+    # Zoom factors down to 0.7: the training step's warp has no antialiasing filter for more.
+    'augment_shift': (0, 1, True), 'augment_scale': (0, 0.3, True), 'augment_aspect': (0, 1, True),
     'augment_rotate': (0, 180, True), 'augment_brightness': (0, 1, True),
     'augment_contrast': (0, 1, True), 'augment_saturation': (0, 1, True),
     'custom_convs_per_block': (1, None, True),

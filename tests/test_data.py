@@ -447,12 +447,20 @@ def test_resize_stretch_and_center_crop():
     align.resize_image(pil, 8, 'squash')
 
 
+def _draws(flip, dy, dx):
+  """An 'augment' row with a flip and shift and the jitter's factors at identity."""
+  row = dict.fromkeys(augment.DRAWS, 0.0) | dict(scale=1.0, aspect=1.0, brightness=1.0,
+                                                 contrast=1.0, saturation=1.0)
+  return np.array([[(row | dict(flip=flip, dy=dy, dx=dx))[k] for k in augment.DRAWS]],
+                  np.float32)
+
+
 def test_augment_shifts_with_edge_pixels_and_flips():
   image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
-  shifted = augment.augment(image, np.array([False]), np.array([[1, -1]]))
+  shifted = augment.apply(image, _draws(0, 1, -1), augment.Jitter())
   np.testing.assert_array_equal(shifted[0, ..., 0], [[4, 4, 5, 6], [8, 8, 9, 10],
                                                      [12, 12, 13, 14], [12, 12, 13, 14]])
-  flipped = augment.augment(image, np.array([True]), np.array([[0, 0]]))
+  flipped = augment.apply(image, _draws(1, 0, 0), augment.Jitter())
   np.testing.assert_array_equal(flipped[0], image[0, :, ::-1])
 
 
@@ -478,7 +486,7 @@ def test_train_batches_do_not_depend_on_process_count():
                                                    **kwargs)) for i in range(2)])
   assert len(one) == len(two) == batching.num_train_steps(split, 8) == 6
   for a, b in zip(one, two):
-    assert a.keys() == b.keys() == {'index', 'flip', 'label', 'image'}
+    assert a.keys() == b.keys() == {'index', 'flip', 'label', 'image', 'augment'}
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
   indices = np.concatenate([b['index'] for b in one])
@@ -501,8 +509,10 @@ def test_flip_flags_match_the_images():
   assert 10 < flags.sum() < 54  # Random per example.
   for batch in batches:
     original = split.images[batch['index']]
+    np.testing.assert_array_equal(batch['image'], original)  # As stored: augmented on device.
     expected = np.where(batch['flip'][:, None, None, None], original[:, :, ::-1], original)
-    np.testing.assert_array_equal(batch['image'], expected)
+    np.testing.assert_array_equal(
+        augment.apply(batch['image'], batch['augment'], augment.Jitter()), expected)
     np.testing.assert_array_equal(batch['label'], split.labels[batch['index']])
   no_flip = next(augment.train_batches(split, 32, seed=0, epoch=0, flip=False,
                                               with_images=False, process_index=0,

@@ -1,7 +1,10 @@
 """Face alignment and training-image jitter: transforms, templates, warps."""
+import jax
 import numpy as np
 from PIL import Image
 import pytest
+
+import augment_reference
 
 from gender_jax.data import augment
 from gender_jax.data import batching
@@ -118,9 +121,42 @@ def _split(n=16, size=12):
                               '.')
 
 
-def _batches(split, **kwargs):
-  return [b['image'] for b in augment.train_batches(split, 8, seed=3, epoch=1, flip=True,
-                                                           shift=0.1, **kwargs)]
+def _batches(split, jitter=augment.Jitter(), **kwargs):
+  """The augmented images of an epoch's batches."""
+  return [np.asarray(augment.apply(b['image'], b['augment'], jitter))
+          for b in augment.train_batches(split, 8, seed=3, epoch=1, flip=True, shift=0.1,
+                                         jitter=jitter, **kwargs)]
+
+
+def _identity_draws(n, **columns):
+  """'augment' rows that change nothing but the given columns."""
+  row = dict.fromkeys(augment.DRAWS, 0.0) | dict(scale=1.0, aspect=1.0, brightness=1.0,
+                                                 contrast=1.0, saturation=1.0) | columns
+  return np.tile(np.array([row[k] for k in augment.DRAWS], np.float32), (n, 1))
+
+
+_ALL_JITTER = augment.Jitter(scale=0.15, aspect=0.05, rotate=15, brightness=0.4, contrast=0.4,
+                             saturation=0.8, frame=(0.1, 0.35, 0.1, 0.1))
+
+
+@pytest.mark.parametrize('jitter', [
+    augment.Jitter(), augment.Jitter(frame=_ALL_JITTER.frame),
+    augment.Jitter(scale=0.15, aspect=0.05, rotate=15),
+    augment.Jitter(brightness=0.4, contrast=0.4, saturation=0.8), _ALL_JITTER])
+def test_device_augmentation_matches_the_host_implementation(jitter):
+  # The same draws through augment.apply (jitted) and the host code it replaced, image by image.
+  split = _split(n=32, size=40)
+  batch = next(augment.train_batches(split, 32, seed=0, epoch=1, flip=True, shift=0.1,
+                                     jitter=jitter))
+  got = np.asarray(jax.jit(augment.apply, static_argnums=2)(batch['image'], batch['augment'],
+                                                            jitter)).astype(int)
+  want = augment_reference.apply(batch['image'], batch['augment'], jitter).astype(int)
+  differ = got != want
+  if not jitter.geometric:
+    assert not differ.any()  # Integer index arithmetic and float32 colour, as the host's.
+  else:  # float32 against Pillow's float64 bilinear weights: a level at rare truncation edges,
+    assert differ.mean() < 0.005  # which colour jitter can scale by up to 1.8 x 1.4.
+    assert np.abs(got - want).max() <= (3 if jitter.photometric else 1)
 
 
 def test_no_jitter_leaves_flips_and_shifts_as_they_were():
@@ -143,19 +179,18 @@ def test_jitter_is_drawn_from_seed_and_epoch():
 
 def test_colour_jitter_of_one_is_identity_and_brightness_scales():
   images = _split().images[:]
-  ones = np.ones((len(images), 6))
-  np.testing.assert_array_equal(augment.jitter_colour(images, ones), images)
-  darker = ones.copy()
-  darker[:, 3] = 0.5
-  np.testing.assert_allclose(augment.jitter_colour(images, darker),
-                             np.rint(images * 0.5), atol=1)
+  colour = augment.Jitter(brightness=0.5, contrast=0.5, saturation=0.5)
+  same = augment.apply(images, _identity_draws(len(images)), colour)
+  np.testing.assert_array_equal(same, images)
+  darker = augment.apply(images, _identity_draws(len(images), brightness=0.5), colour)
+  np.testing.assert_allclose(darker, np.rint(images * 0.5), atol=1)
 
 
 def test_rotating_jitter_turns_the_image_about_its_centre():
   image = np.zeros((1, 21, 21, 3), np.uint8)
   image[0, 10, 15:] = 255  # A bar from the centre to the right edge.
-  factors = np.array([[1.0, 1.0, np.pi / 2, 1.0, 1.0, 1.0]])
-  turned = augment.jitter_geometry(image, factors)[0]
+  turned = np.asarray(augment.apply(image, _identity_draws(1, angle=np.pi / 2),
+                                    augment.Jitter(rotate=90)))[0]
   assert turned[15:, 10].mean() > 200  # Now from the centre down (y grows downwards).
   assert turned[10, 15:].mean() < 50
 
@@ -342,8 +377,9 @@ def test_predict_and_evaluate_see_faces_as_the_run_was_trained(synthetic_faces, 
 
 def test_frame_jitter_repeats_the_pixels_at_each_cut():
   images = _split(n=1, size=20).images[:]
-  factors = np.array([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.1, 0.25, 0.0, 0.2]])
-  framed = augment.jitter_frame(images, factors)[0]
+  draws = _identity_draws(1, left=0.1, top=0.25, right=0.0, bottom=0.2)
+  framed = np.asarray(augment.apply(images, draws, augment.Jitter(frame=(0.1, 0.3, 0.1, 0.2))))
+  framed = framed[0]
   np.testing.assert_array_equal(framed[5:16, 2:], images[0, 5:16, 2:])  # Inside: unchanged.
   assert (framed[:5] == framed[5]).all()  # Top 25% cut: the first kept row repeated.
   assert (framed[16:] == framed[15]).all()  # Bottom 20%.

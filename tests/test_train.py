@@ -401,8 +401,11 @@ def free_port():
 
 def test_one_device_four_devices_and_two_processes_give_the_same_results(
     synthetic_faces, tmp_path):
+  # Every augmentation on: the training step makes it on each device's share of the batch.
   overrides = {'data_dir': synthetic_faces, 'tfds_dir': tmp_path / 'tfds', 'batch_size': 8,
-               'num_epochs': 1}
+               'num_epochs': 1, 'augment_scale': 0.15, 'augment_aspect': 0.05,
+               'augment_rotate': 15.0, 'augment_brightness': 0.4, 'augment_contrast': 0.4,
+               'augment_saturation': 0.8, 'augment_frame': '(0.1,0.35,0.1,0.1)'}
   for devices in (1, 4):
     run_main(tmp_path / f'dev{devices}', 'configs/tiny.py:custom', overrides, devices=devices)
   # Two processes of two devices each, joined through jax.distributed on localhost.

@@ -1,28 +1,19 @@
-"""A training epoch's batches, augmented: flips and shifts, then zoom, stretch, rotation, framing
-and colour, each from ranges the config gives (all on the host, in numpy)."""
+"""A training epoch's batches and their augmentation: the host draws each image's flip, shift,
+zoom, stretch, rotation, framing and colour factors (from ranges the config gives) and gathers the
+uint8 rows; `apply`, inside the jitted training step, makes the augmented images on the devices.
+"""
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 
 from gender_jax.data import batching
-from gender_jax.faces import align
 
+# The columns of a batch's 'augment' array: one row of draws per image.
+DRAWS = ('flip', 'dy', 'dx', 'scale', 'aspect', 'angle', 'brightness', 'contrast', 'saturation',
+         'left', 'top', 'right', 'bottom')
+_COLUMN = {name: k for k, name in enumerate(DRAWS)}
 
-def augment(images, flip, shift):
-  """Flips (bool (B,)) and shifts (int (B, 2): dy, dx pixels, edges repeated) a batch of images.
-
-  output[y, x] = image[clip(y + dy), clip(x + dx)], then mirrored left-right if flipped.
-  """
-  size = images.shape[1]
-  margin = int(np.abs(shift).max(initial=0))
-  padded = np.pad(images, ((0, 0), (margin,) * 2, (margin,) * 2, (0, 0)), mode='edge') \
-      if margin else images
-  out = np.empty_like(images)
-  # Slicing image by image copies whole rows; one fancy-index gather is 2-3x slower.
-  for i, ((dy, dx), flipped) in enumerate(zip(shift, flip)):
-    crop = padded[i, margin + dy:margin + dy + size, margin + dx:margin + dx + size]
-    out[i] = crop[:, ::-1] if flipped else crop
-  return out
 
 @dataclasses.dataclass(frozen=True)
 class Jitter:
@@ -67,55 +58,14 @@ class Jitter:
     return bool(self.brightness or self.contrast or self.saturation)
 
 
-def jitter_geometry(images, factors):
-  """Zooms, stretches and rotates each image about its centre; edge pixels fill what comes in."""
-  size = images.shape[1]
-  centre = np.array([size / 2, size / 2])
-  out = np.empty_like(images)
-  for i, (scale, aspect, angle) in enumerate(factors[:, :3]):
-    cos, sin = np.cos(angle), np.sin(angle)
-    linear = np.array([[cos, -sin], [sin, cos]]) @ np.diag([scale * aspect, scale / aspect])
-    matrix = np.hstack([linear, (centre - linear @ centre)[:, None]])
-    out[i] = align.warp_affine(images[i], matrix, size)
-  return out
-
-
-# ITU-R BT.601 luma, as Pillow's convert('L').
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def jitter_colour(images, factors):
-  """Scales brightness, contrast (about the image's mean) and saturation (about its grey)."""
-  brightness, contrast, saturation = (factors[:, k, None, None, None].astype(np.float32)
-                                      for k in (3, 4, 5))
-  x = images.astype(np.float32) * brightness
-  mean = x.mean(axis=(1, 2, 3), keepdims=True)
-  x = mean + contrast * (x - mean)
-  grey = (x @ _LUMA)[..., None]
-  x = grey + saturation * (x - grey)
-  return np.rint(np.clip(x, 0, 255)).astype(np.uint8)
-
-
-def jitter_frame(images, factors):
-  """Cuts each image at the fractions factors[:, 6:10] (left, top, right, bottom) of its side and
-  repeats the pixels at the cut outwards."""
-  size = images.shape[1]
-  out = np.empty_like(images)
-  positions = np.arange(size)
-  for i, (left, top, right, bottom) in enumerate(factors[:, 6:10]):
-    x0, y0 = int(left * size), int(top * size)
-    x1, y1 = size - 1 - int(right * size), size - 1 - int(bottom * size)
-    out[i] = images[i][np.clip(positions, y0, y1)][:, np.clip(positions, x0, x1)]
-  return out
-
-
 def train_batches(split, batch_size, *, seed, epoch, flip, shift=0.0, jitter=Jitter(),
                   with_images=True, process_index=None, process_count=None):
   """Yields this process's slice of each global training batch of one epoch.
 
-  The order, flips, shifts and jitter are drawn for the whole epoch from (seed, epoch), so the
-  global batches are the same for any number of processes. Keys: 'index', 'flip', 'label' and, if
-  with_images, 'image' (uint8, flipped and shifted by up to shift * size pixels, then jittered).
+  The order and every image's draws are made for the whole epoch from (seed, epoch), so the
+  global batches are the same for any number of processes. Keys: 'index', 'flip', 'label' and,
+  if with_images, 'image' (the uint8 rows as stored) and 'augment' (float32 (B, len(DRAWS)):
+  the flip, a shift of up to shift * size pixels and the jitter's factors, for `apply`).
   """
   steps = batching.num_train_steps(split, batch_size)
   if not steps:
@@ -125,21 +75,94 @@ def train_batches(split, batch_size, *, seed, epoch, flip, shift=0.0, jitter=Jit
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(split))
   flips = (rng.random(len(split)) < 0.5) & bool(flip)
-  size = split.images.shape[1]
-  max_shift = int(shift * size)
+  max_shift = int(shift * split.images.shape[1])
   shifts = rng.integers(-max_shift, max_shift + 1, size=(len(split), 2))
   factors = jitter.draw(rng, len(split))  # Drawn last: flips and shifts stay as they were.
+  draws = np.hstack([flips[:, None], shifts, factors]).astype(np.float32)
   for step in range(steps):
     rows = np.arange(step * batch_size, (step + 1) * batch_size)[local]
     index = order[rows]
     batch = {'index': index.astype(np.int32), 'flip': flips[rows], 'label': split.labels[index]}
     if with_images:
-      images = augment(split.images[index], flips[rows], shifts[rows])
-      if jitter.geometric:
-        images = jitter_geometry(images, factors[rows])
-      if any(jitter.frame):
-        images = jitter_frame(images, factors[rows])
-      if jitter.photometric:
-        images = jitter_colour(images, factors[rows])
-      batch['image'] = images
+      batch.update(image=split.images[index], augment=draws[rows])
     yield batch
+
+
+# ITU-R BT.601 luma, as Pillow's convert('L').
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def apply(images, draws, jitter):
+  """The augmented images (uint8 (B, S, S, 3)) of a batch: jax, for the jitted training step.
+
+  draws: the batch's 'augment' rows. In order: the image is flipped left-right and shifted
+  (output[y, x] = image[y + dy, x + dx], edges repeated), zoomed, stretched and rotated about its
+  centre (bilinear, edges repeated; cut to uint8), cut at its frame (the pixels at the cut
+  repeated outwards), then its brightness, contrast (about its mean) and saturation (about its
+  grey) scaled. The geometry is index arithmetic: one gather per bilinear corner of each output
+  pixel's source pixels, in the stored image.
+  """
+  size = images.shape[1]
+  column = lambda name: draws[:, _COLUMN[name], None, None]
+  grid = jnp.meshgrid(jnp.arange(size), jnp.arange(size), indexing='ij')
+  y, x = (jnp.broadcast_to(g, (len(draws), size, size)) for g in grid)
+  if any(jitter.frame):
+    y, x = _framed(y, x, column, size)
+  if jitter.geometric:
+    y0, x0, dy, dx = _warped(y, x, column, size)
+    corners = [(y0, x0, (1 - dy) * (1 - dx)), (y0, x0 + 1, (1 - dy) * dx),
+               (y0 + 1, x0, dy * (1 - dx)), (y0 + 1, x0 + 1, dy * dx)]
+  else:
+    corners = [(y, x, 1.0)]
+  pixels = jnp.asarray(images).reshape(-1, images.shape[-1])  # The batch's: a gather per corner.
+  offsets = (jnp.arange(len(images)) * size * size)[:, None, None]
+  # Summed corner by corner: XLA's CPU backend made a reduction over stacked corners 30x slower.
+  # The indices are clamped into the batch: promising so spares the gather XLA's bound checks.
+  gather = lambda index: pixels.at[index + offsets].get(mode='promise_in_bounds')
+  out = sum(gather(_source_index(yy, xx, column, size)) * jnp.asarray(w)[..., None]
+            for yy, xx, w in corners)
+  if jitter.geometric:  # As Pillow's transform (faces.align.warp_affine): truncated to uint8.
+    out = jnp.floor(out)
+  if jitter.photometric:
+    out = _coloured(out, column)
+  return jnp.clip(out, 0, 255).astype(jnp.uint8)
+
+
+def _framed(y, x, column, size):
+  """Output pixels -> the pixels of the uncut image they repeat (the frame's cut, clamped)."""
+  cut = lambda name: jnp.floor(column(name) * size).astype(jnp.int32)
+  return (jnp.clip(y, cut('top'), size - 1 - cut('bottom')),
+          jnp.clip(x, cut('left'), size - 1 - cut('right')))
+
+
+def _warped(y, x, column, size):
+  """Output pixels -> the top-left source pixel (y, x) and the bilinear fractions (y, x) of the
+  zoom, stretch and rotation about the centre (pixel centres at +0.5, as Pillow's)."""
+  scale, aspect, angle = column('scale'), column('aspect'), column('angle')
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  centre = size / 2
+  # The inverse of rotation @ diag(scale * aspect, scale / aspect).
+  u, v = x + 0.5 - centre, y + 0.5 - centre
+  src_x = (cos * u + sin * v) / (scale * aspect) + centre - 0.5
+  src_y = (-sin * u + cos * v) * aspect / scale + centre - 0.5
+  x0, y0 = jnp.floor(src_x), jnp.floor(src_y)
+  return y0.astype(jnp.int32), x0.astype(jnp.int32), src_y - y0, src_x - x0
+
+
+def _source_index(y, x, column, size):
+  """The index, in its stored image, of each of the flipped, shifted images' pixels (y, x),
+  edges repeated at each step as the steps do."""
+  y, x = jnp.clip(y, 0, size - 1), jnp.clip(x, 0, size - 1)
+  x = jnp.where(column('flip') > 0, size - 1 - x, x)
+  y = jnp.clip(y + column('dy').astype(jnp.int32), 0, size - 1)
+  x = jnp.clip(x + column('dx').astype(jnp.int32), 0, size - 1)
+  return y * size + x
+
+
+def _coloured(images, column):
+  """Scales brightness, contrast (about the image's mean) and saturation (about its grey)."""
+  x = images * column('brightness')[..., None]
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  x = mean + column('contrast')[..., None] * (x - mean)
+  grey = sum(x[..., k, None] * float(_LUMA[k]) for k in range(3))  # Fuses, unlike a dot.
+  return jnp.rint(grey + column('saturation')[..., None] * (x - grey))

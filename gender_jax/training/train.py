@@ -122,13 +122,18 @@ def binary_cross_entropy(logits, labels):
   return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
 
 
-def train_step(state, batch, *, stop_base_gradient):
+def train_step(state, batch, *, stop_base_gradient, jitter=augment.Jitter()):
   """One optimizer step; returns the new state and the batch's summed loss and hits.
+
+  A batch of stored images comes with its 'augment' draws, and is augmented here, on the devices.
 
   BatchNorm normalises with the mean over the global batch (jit sees one array), so its
   statistics, like the gradients, do not depend on the number of devices.
   """
   dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
+  if 'augment' in batch:
+    batch = {'image': augment.apply(batch['image'], batch['augment'], jitter),
+             'label': batch['label']}
 
   def loss_fn(params):
     logits, batch_stats = sharded.forward(
@@ -143,8 +148,14 @@ def train_step(state, batch, *, stop_base_gradient):
   return state.apply_gradients(grads=grads).replace(batch_stats=batch_stats), sums
 
 
-def jit_train_step(mesh, stop_base_gradient):
-  return jax.jit(functools.partial(train_step, stop_base_gradient=stop_base_gradient),
+def step_batch(batch):
+  """What the training step takes of one of augment.train_batches' batches of images."""
+  return {k: batch[k] for k in ('image', 'augment', 'label')}
+
+
+def jit_train_step(mesh, stop_base_gradient, jitter=augment.Jitter()):
+  return jax.jit(functools.partial(train_step, stop_base_gradient=stop_base_gradient,
+                                   jitter=jitter),
                  in_shardings=(mesh.replicated, mesh.data),
                  out_shardings=(mesh.replicated, mesh.replicated), donate_argnums=0)
 
@@ -313,17 +324,17 @@ def _train_and_evaluate(run):
               if use_cache else None)
   feature_seconds = time.time() - feature_start
 
-  step = jit_train_step(mesh, stop_base_gradient=base_is_frozen(config))
+  jitter = augment.Jitter.from_config(config)
+  step = jit_train_step(mesh, stop_base_gradient=base_is_frozen(config), jitter=jitter)
   learning_rate = create_learning_rate_fn(config, config.learning_rate, steps_per_epoch)
   writer = run_dir.MetricsWriter(workdir, progress['epoch'])
   for epoch in range(progress['epoch'] + 1, config.num_epochs + 1):
     epoch_start = time.time()
     batches = augment.train_batches(
         train_split, config.batch_size, seed=train_seed, epoch=epoch, flip=config.augment_flip,
-        shift=config.augment_shift, jitter=augment.Jitter.from_config(config),
-        with_images=not use_cache)
+        shift=config.augment_shift, jitter=jitter, with_images=not use_cache)
     batches = (mesh.shard_batch(feature_cache.feature_batch(batch, features) if use_cache else
-                                {'image': batch['image'], 'label': batch['label']})
+                                step_batch(batch))
                for batch in batches)
     with tqdm.tqdm(total=steps_per_epoch, desc=f'epoch {epoch}/{config.num_epochs}',
                    disable=jax.process_index() != 0) as bar:

@@ -1,0 +1,138 @@
+"""How fast the host can feed the devices: training batches and face finding, device work apart.
+
+feed: one epoch of configs/custom.py's training batches over random uint8 images held in memory,
+at each --sizes px, batch --batch, as train.py feeds its step: `augment.train_batches` (order,
+flips, shifts and jitter drawn, the uint8 rows gathered) and `Mesh.shard_batch` (handed to the
+devices), waiting for each transfer. The augmentation itself runs in the jitted step, on the
+devices: its rate on this machine's CPU devices is printed apart (`device augment`), and the host
+implementation it replaced (tests/augment_reference.py: the same draws, image by image in numpy
+and Pillow, as before issue 33) is timed in the same run as the baseline. Each setting runs
+--rounds times, taking turns; the median is shown.
+
+faces: the face finder's host work per photo, from benchmarks/face_detection.py's `host_rate`.
+
+  python benchmarks/host_feed.py                        # 80, 112 and 224 px
+  python benchmarks/host_feed.py --sizes=224 --images=2048 --rounds=5
+"""
+import argparse
+import importlib.util
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from gender_jax import base_config
+from gender_jax import process
+from gender_jax.data import augment
+from gender_jax.data import batching
+from gender_jax.training import sharded
+from gender_jax.training import train
+from train_step_frameworks import cpu_model, load_average  # Beside this file: sys.path[0].
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_reference():
+  """tests/augment_reference.py, the host augmentation before issue 33, loaded from its file."""
+  spec = importlib.util.spec_from_file_location(
+      'augment_reference', _REPO / 'tests' / 'augment_reference.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--sizes', default='80,112,224', help='Image sizes, comma-separated.')
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--images', type=int, default=1024, help='Images of one timed epoch.')
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--faces', type=int, default=256,
+                      help='Photos for the face finder (0: skip it).')
+  args = parser.parse_args(argv)
+  args.sizes = [int(s) for s in args.sizes.split(',')]
+  return args
+
+
+def random_split(images, size):
+  rng = np.random.default_rng(0)
+  return batching.Split('train', rng.integers(0, 256, (images, size, size, 3), np.uint8),
+                        rng.integers(0, 2, images).astype(np.int32), paths=[], source_dir='')
+
+
+def feed_seconds(split, batch, jitter, mesh):
+  """Seconds for the host to make and hand over an epoch of training batches."""
+  start = time.perf_counter()
+  for b in augment.train_batches(split, batch, seed=0, epoch=1, flip=True, jitter=jitter):
+    jax.block_until_ready(mesh.shard_batch(train.step_batch(b)))
+  return time.perf_counter() - start
+
+
+def host_jitter_seconds(split, batch, jitter, reference):
+  """Seconds of the same epoch with the augmentation made on the host, as before issue 33."""
+  start = time.perf_counter()
+  for b in augment.train_batches(split, batch, seed=0, epoch=1, flip=True, jitter=jitter):
+    reference.apply(b['image'], b['augment'], jitter)
+  return time.perf_counter() - start
+
+
+def device_augment_seconds(split, batch, jitter, mesh):
+  """Seconds of the jitted augmentation alone over the epoch, on this machine's devices."""
+  apply = jax.jit(augment.apply, static_argnums=2)
+  batches = [mesh.shard_batch(train.step_batch(b)) for b in augment.train_batches(
+      split, batch, seed=0, epoch=1, flip=True, jitter=jitter)]
+  jax.block_until_ready(apply(batches[0]['image'], batches[0]['augment'], jitter))  # Compile.
+  start = time.perf_counter()
+  jax.block_until_ready([apply(b['image'], b['augment'], jitter) for b in batches])
+  return time.perf_counter() - start
+
+
+def median_rate(images, seconds):
+  return images / statistics.median(seconds)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  process.apply()
+  config = base_config.load_get_config(str(_REPO / 'configs' / 'custom.py'))()
+  jitter = augment.Jitter.from_config(config)
+  reference = load_reference()
+  mesh = sharded.Mesh.create()
+  print(f'{cpu_model()}, {os.cpu_count()} CPUs, load average {load_average()} at start; '
+        f'Python {platform.python_version()}, jax {jax.__version__}, {mesh.size} x '
+        f'{jax.devices()[0].platform}; configs/custom.py jitter, batch {args.batch}, '
+        f'{args.images} images, {args.rounds} rounds')
+  feeds = {}
+  for size in args.sizes:
+    split = random_split(args.images - args.images % args.batch, size)
+    n = batching.num_train_steps(split, args.batch) * args.batch
+    feed_seconds(split, args.batch, jitter, mesh)  # Warm: first touches, transfers' set-up.
+    times = {'feed': [], 'host jitter (before)': [], 'device augment': []}
+    for _ in range(args.rounds):
+      times['feed'].append(feed_seconds(split, args.batch, jitter, mesh))
+      times['host jitter (before)'].append(
+          host_jitter_seconds(split, args.batch, jitter, reference))
+      times['device augment'].append(device_augment_seconds(split, args.batch, jitter, mesh))
+    rates = {name: median_rate(n, seconds) for name, seconds in times.items()}
+    feeds[size] = rates['feed']
+    spread = ', '.join(f'{n / s:,.0f}' for s in times['feed'])
+    print(f'{size} px: feed {rates["feed"]:,.0f} img/s (rounds: {spread}); host jitter before '
+          f'{rates["host jitter (before)"]:,.0f} img/s: feed / before '
+          f'{rates["feed"] / rates["host jitter (before)"]:.1f}x; device augment on '
+          f'{jax.devices()[0].platform} {rates["device augment"]:,.0f} img/s')
+  faces_rate = None
+  if args.faces:
+    import face_detection  # pylint: disable=g-import-not-at-top  # Beside this file.
+    faces_rate = face_detection.host_rate(args.faces)
+  for size, rate in feeds.items():
+    print(f'feed {size} px: {rate:,.0f} img/s')
+  if faces_rate is not None:
+    print(f'faces: {faces_rate:,.0f} img/s')
+
+
+if __name__ == '__main__':
+  main()
