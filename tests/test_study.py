@@ -11,6 +11,8 @@ from PIL import Image
 import pytest
 
 from gender_jax import study
+from gender_jax.report import document
+from gender_jax.report import runs as runs_lib
 from gender_jax.training import sharded
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -162,6 +164,18 @@ def test_a_sweep_stopped_part_way_finishes_only_its_missing_points(
       in text
   with Image.open(tmp_path / 'sweep' / 'figures' / 'data_efficiency.png') as image:
     assert np.asarray(image.convert('L')).std() > 0
+
+  # Its curve, summarised, drawn beside a single run's report elsewhere (--sweep_summary).
+  summary = tmp_path / 'sweep' / runs_lib.SWEEP_SUMMARY
+  assert set(json.loads(summary.read_text())['series']['custom']) == {'16', '32'}
+  document.write_report([str(tmp_path / 'sweep' / points[0].name)], str(tmp_path / 'alone'),
+                        sweep_summaries=[str(summary)])
+  text = (tmp_path / 'alone' / 'report.md').read_text()
+  assert '| custom† | 16 | 0,1 |' in text and '| custom† | 32 | 0,1 |' in text
+  assert (tmp_path / 'alone' / 'figures' / 'data_efficiency.png').exists()
+  (tmp_path / 'garbled.json').write_text('{"series": 3}')
+  with pytest.raises(runs_lib.SweepSummaryError, match='garbled.json: not a sweep summary'):
+    runs_lib.load_sweep_summary(tmp_path / 'garbled.json')
 
 
 def test_a_sweep_runs_the_frozen_base_once_per_image(

@@ -1,6 +1,6 @@
 """Writes the comparison report of trained run directories.
 
-  python -m gender_jax.report RUN_DIR... [--out DIR] [--data_dir DIR]
+  python -m gender_jax.report RUN_DIR... [--out DIR] [--data_dir DIR] [--sweep_summary FILE]
 """
 from absl import app
 from absl import flags
@@ -18,6 +18,9 @@ def define_flags():
                       "run's own data_dir).")
   flags.DEFINE_bool('temperature_scaling', False, "Show P(male) after each run's temperature "
                     'fitted on its validation split.')
+  flags.DEFINE_list('sweep_summary', [], 'sweep_summary.json files (as a report writes them, or '
+                    'by hand from published means and sds) whose curves to draw beside the runs\' '
+                    'in the data-efficiency figure and table.')
 
 
 def main(argv):
@@ -27,7 +30,8 @@ def main(argv):
   if FLAGS.out is None and len(dirs) > 1:
     raise app.UsageError('--out is needed with several RUN_DIRs.')
   path = document.write_report(dirs, FLAGS.out or dirs[0], data_dir=FLAGS.data_dir,
-                               temperature_scaling=FLAGS.temperature_scaling)
+                               temperature_scaling=FLAGS.temperature_scaling,
+                               sweep_summaries=FLAGS.sweep_summary)
   print(f'Wrote {path}')
 
 

@@ -29,15 +29,23 @@ def _figure(out, name, plot, *args):
   return [f'![{name}]({FIGURES}/{name}.png)', '']
 
 
-def _sweep_section(runs, out):
-  """The data-efficiency figure (when a series has several sizes) and the mean ± sd table."""
+def _sweep_section(runs, out, dirs, summaries=()):
+  """The data-efficiency figure (when a series has several sizes) and the mean ± sd table; the
+  runs' curves also into SWEEP_SUMMARY. `summaries`: curves measured elsewhere, drawn beside."""
   groups = runs_lib.sweep_groups(runs)
-  if all(len(sizes) == 1 and len(next(iter(sizes.values()))) == 1 for sizes in groups.values()):
+  if not summaries and all(len(sizes) == 1 and len(next(iter(sizes.values()))) == 1
+                           for sizes in groups.values()):
     return []  # One run per model: the results table says it all.
+  if groups:
+    source = f'the runs in {", ".join(map(str, dirs))}'
+    (out / runs_lib.SWEEP_SUMMARY).write_text(
+        json.dumps(runs_lib.sweep_summary(groups, source), indent=2))
   lines = ['## Data efficiency', '']
-  if any(len(sizes) > 1 for sizes in groups.values()):
-    lines += _figure(out, 'data_efficiency', figures.plot_data_efficiency, groups)
-  return lines + tables.sweep_section(groups)
+  if any(len(sizes) > 1 for sizes in groups.values()) or any(
+      len(curve.sizes) > 1 for curve in summaries):
+    lines += _figure(out, 'data_efficiency',
+                     functools.partial(figures.plot_data_efficiency, summaries=summaries), groups)
+  return lines + tables.sweep_section(groups, summaries)
 
 
 def _image_sections(runs, out, grid_per_class, num_mistakes):
@@ -94,12 +102,15 @@ def _saliency_section(runs, out, per_kind, data_dir=None):
 
 
 def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8,
-                 temperature_scaling=False, saliency_per_kind=4):
+                 temperature_scaling=False, saliency_per_kind=4, sweep_summaries=()):
   """Writes out/report.md and out/figures/*.png for the runs in `dirs`; returns report.md's path.
 
   `data_dir` replaces the runs' own data folder (to show test images on another machine);
-  `temperature_scaling` shows each run's P(male) after the temperature fitted on its valid split.
+  `temperature_scaling` shows each run's P(male) after the temperature fitted on its valid split;
+  `sweep_summaries`: SWEEP_SUMMARY files whose curves the data-efficiency figure and table show
+  beside the runs' own (sweeps measured elsewhere, whose runs are not here).
   """
+  summaries = [c for path in sweep_summaries for c in runs_lib.load_sweep_summary(path)]
   study = runs_lib.load_study(dirs)
   if data_dir:
     for run in study.runs:
@@ -115,7 +126,7 @@ def write_report(dirs, out, data_dir=None, grid_per_class=4, num_mistakes=8,
   if random_bases:
     lines += [f'> **WARNING: {", ".join(random_bases)} ran on a RANDOM base, NOT pretrained '
               'weights. Those results say nothing about transfer learning.**', '']
-  lines += _sweep_section(runs, out)
+  lines += _sweep_section(runs, out, dirs, summaries)
   lines += tables.setup_section(study)
   lines += ['', '## Results', '', tables.comparison_table(study), '']
   if any(run.results['metrics'].get('intervals') for run in runs):

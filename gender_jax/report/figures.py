@@ -25,9 +25,15 @@ def _save(fig, path):
 # --- Curves --------------------------------------------------------------------------------
 
 
-def plot_data_efficiency(groups, path):
-  """Test accuracy and ROC AUC against training-set size: mean over seeds, bars of one sd."""
+def plot_data_efficiency(groups, path, summaries=()):
+  """Test accuracy and ROC AUC against training-set size: mean over seeds, bars of one sd.
+
+  `summaries` (runs_lib.SummaryCurve) are curves measured elsewhere, known by mean and sd only:
+  dashed, with open markers and no single runs, their source in the legend.
+  """
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  sizes_shown = sorted({x for sizes in groups.values() for x in sizes} |
+                       {x for curve in summaries for x in curve.sizes})
   for ax, metric, title in zip(axes, ('accuracy', 'roc_auc'), ('test accuracy', 'test ROC AUC')):
     for i, (series, sizes) in enumerate(groups.items()):
       xs = np.array(list(sizes))
@@ -37,8 +43,15 @@ def plot_data_efficiency(groups, path):
       means, sds = zip(*map(stats.mean_sd, values))
       ax.errorbar(xs, means, yerr=sds, marker='o', capsize=4, color=f'C{i}',
                   label=f'{series} ({max(map(len, values))} seeds)')
+    for i, curve in enumerate(summaries, start=len(groups)):
+      xs = list(curve.sizes)
+      means, sds = zip(*(curve.sizes[x][metric] for x in xs))
+      seeds = max(curve.seeds(x) for x in xs)
+      ax.errorbar(xs, means, yerr=sds, marker='s', fillstyle='none', linestyle='--', capsize=4,
+                  color=f'C{i}', label=f'{curve.series} ({seeds} seeds; mean ± sd from '
+                                       f'{curve.source})')
     ax.set_xscale('log')
-    ax.set_xticks(sorted({x for sizes in groups.values() for x in sizes}))
+    ax.set_xticks(sizes_shown)
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set(xlabel='training images', ylabel=metric, title=f'{title} (mean ± sd over seeds)')

@@ -11,6 +11,7 @@ import pathlib
 import numpy as np
 
 from gender_jax.analysis import stats
+from gender_jax import UserError
 from gender_jax.training import run_dir
 
 BOOTSTRAP_SAMPLES = 1000
@@ -169,6 +170,76 @@ def sweep_groups(runs):
   for run in runs:
     groups.setdefault(run.series, {}).setdefault(run.train_images, []).append(run)
   return {series: dict(sorted(sizes.items())) for series, sizes in groups.items()}
+
+
+# A sweep's curves as numbers: what report.md's sweep table shows, in SWEEP_SUMMARY beside it, so
+# that a report elsewhere can draw them beside its own runs (--sweep_summary) where these runs
+# are not. {'source': where the numbers come from, 'series': {series: {train images: {'seeds':
+# [seeds] or how many, metric: [mean, sample sd], ..., 'train_seconds': mean}}}}.
+SWEEP_SUMMARY = 'sweep_summary.json'
+SUMMARY_METRICS = ('accuracy', 'balanced_accuracy', 'roc_auc', 'best_valid_accuracy')
+
+
+class SweepSummaryError(UserError, ValueError):
+  """A --sweep_summary file that cannot be read as one."""
+
+
+@dataclasses.dataclass
+class SummaryCurve:
+  """One series of a sweep summary: measured elsewhere, known here only by mean and sd."""
+  series: str
+  source: str  # Where its numbers come from, as the file says.
+  sizes: dict  # {train images: {'seeds': [...] or n, metric: (mean, sd), 'train_seconds': s}}
+
+  def seeds(self, size):
+    seeds = self.sizes[size]['seeds']
+    return len(seeds) if isinstance(seeds, list) else int(seeds)
+
+
+def sweep_summary(groups, source):
+  """The SWEEP_SUMMARY record of sweep_groups(runs)."""
+  series = {}
+  for name, sizes in groups.items():
+    series[name] = {}
+    for size, runs in sizes.items():
+      point = {'seeds': sorted(r.train_seed for r in runs)}
+      for metric in SUMMARY_METRICS:
+        values = [r.best_valid_accuracy if metric == 'best_valid_accuracy' else
+                  r.results['metrics'].get(metric, np.nan) for r in runs]
+        point[metric] = [float(v) for v in stats.mean_sd(values)]
+      point['train_seconds'] = float(np.mean([r.results.get('train_seconds', np.nan)
+                                              for r in runs]))
+      series[name][str(size)] = point
+  return {'source': source, 'series': series}
+
+
+def load_sweep_summary(path):
+  """[SummaryCurve] of a SWEEP_SUMMARY file (written by a report, or by hand from published
+  numbers); SweepSummaryError naming the file and what is wrong."""
+  try:
+    record = json.loads(pathlib.Path(path).read_text())
+    curves = []
+    for series, sizes in record['series'].items():
+      points = {}
+      for size, point in sizes.items():
+        points[int(size)] = {'seeds': point['seeds'],
+                             'train_seconds': point.get('train_seconds')}
+        for metric in SUMMARY_METRICS:
+          if metric in point:
+            mean, sd = point[metric]
+            points[int(size)][metric] = (float(mean), float(sd))
+        if not {'accuracy', 'roc_auc'} <= set(points[int(size)]):
+          raise KeyError(f'{series}/{size}: accuracy and roc_auc')
+      curves.append(SummaryCurve(series=str(series), source=str(record['source']),
+                                 sizes=dict(sorted(points.items()))))
+  except OSError as e:
+    raise SweepSummaryError(f'{path}: cannot read ({e.strerror or e}).') from e
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise SweepSummaryError(
+        f'{path}: not a sweep summary ({type(e).__name__}: {e}); expected {{"source": ..., '
+        f'"series": {{SERIES: {{SIZE: {{"seeds": ..., "accuracy": [mean, sd], "roc_auc": '
+        f'[mean, sd], ...}}}}}}}}, as a report writes into {SWEEP_SUMMARY}.') from e
+  return curves
 
 
 # --- Paired tests, calibration, groups -------------------------------------------------------

@@ -88,8 +88,9 @@ def _format_mean_sd(values):
   return f'{mean:.4f} ± {sd:.4f}' if len(values) > 1 else f'{mean:.4f}'
 
 
-def sweep_table(groups):
-  """Markdown rows of mean ± sd over seeds per series and training-set size."""
+def sweep_table(groups, summaries=()):
+  """Markdown rows of mean ± sd over seeds per series and training-set size; then the rows of
+  `summaries` (curves measured elsewhere, runs_lib.SummaryCurve), marked †."""
   lines = ['| Model | Train images | Seeds | Test accuracy | Test balanced accuracy | '
            'Test ROC AUC | Best valid accuracy | Train time (s) |', '|' + '---|' * 8]
   for series, sizes in groups.items():
@@ -102,14 +103,27 @@ def sweep_table(groups):
           f'{_format_mean_sd([x["roc_auc"] for x in m])} | '
           f'{_format_mean_sd([r.best_valid_accuracy for r in runs])} | '
           f'{np.mean([r.results.get("train_seconds", np.nan) for r in runs]):.0f} |')
+  for curve in summaries:
+    for size, point in curve.sizes.items():
+      seeds = point['seeds']
+      seeds = ','.join(map(str, seeds)) if isinstance(seeds, list) else f'{seeds} seeds'
+      # As precise as the source gives them, up to 4 significant digits.
+      cells = [(f'{point[m][0]:.4g} ± {point[m][1]:.4g}' if m in point else '')
+               for m in runs_lib.SUMMARY_METRICS]
+      seconds = point.get('train_seconds')
+      lines.append(f'| {curve.series}† | {size} | {seeds} | {" | ".join(cells)} | '
+                   f'{"" if seconds is None else f"{seconds:.0f}"} |')
   return '\n'.join(lines)
 
 
-def sweep_section(groups):
+def sweep_section(groups, summaries=()):
   """The sweep's mean ± sd table and how to read it (below the data-efficiency figure)."""
-  return [sweep_table(groups), '',
-          'Mean ± sample standard deviation over training seeds (initialisation, order and '
-          'jitter); every point is scored on the same test images. Faint dots: single runs.', '']
+  notes = ['Mean ± sample standard deviation over training seeds (initialisation, order and '
+           'jitter); every point is scored on the same test images. Faint dots: single runs.']
+  for curve in summaries:
+    notes.append(f'† {curve.series}: not runs read here, but the means and sds given by '
+                 f'{curve.source} (--sweep_summary), drawn dashed with open markers.')
+  return [sweep_table(groups, summaries), ''] + [line for note in notes for line in (note, '')]
 
 
 # --- Paired tests --------------------------------------------------------------------------
