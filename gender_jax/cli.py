@@ -3,9 +3,9 @@ compiled programs kept for the next run.
 
 Every command runs through `run`, which applies the process settings (gender_jax/process.py).
 A mistake in what the user asked for (a gender_jax.UserError) or a fault of the environment (a
-missing or read-only path, a full disk) ends the command with `error: ...` and exit status 1;
-a traceback means a bug. Library INFO logging (checkpointing, datasets) is hidden unless asked
-for with --verbosity=0 (or higher).
+missing or read-only path, a full disk: gender_jax/full_disk.py) ends the command with
+`error: ...` and exit status 1; a traceback means a bug. Library INFO logging (checkpointing,
+datasets) is hidden unless asked for with --verbosity=0 (or higher).
 """
 import errno
 import os
@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 
 from gender_jax import cache_dir
+from gender_jax import full_disk
 from gender_jax import process
 from gender_jax import UserError
 
@@ -26,7 +27,10 @@ _ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, err
 
 
 def environment_fault(error):
-  """One line for an OSError of the environment, or None for any other error."""
+  """One line for an OSError of the environment or a full disk behind any error, or None for
+  any other error."""
+  if full_disk.caused_by_full_disk(error):  # Where no write said which file: the path if known.
+    return str(full_disk.disk_full_error(getattr(error, 'filename', None), full_disk.ANY_FIX))
   if not isinstance(error, OSError) or error.errno not in _ENVIRONMENT_ERRNOS:
     return None
   where = ' -> '.join(str(f) for f in (error.filename, error.filename2) if f)
@@ -89,10 +93,19 @@ def compilation_cache_settings(environ):
   return settings
 
 
+def _unraisable(unraisable):
+  """sys.unraisablehook without the noise of a failed checkpoint save: orbax's writes still
+  pending call back into its event loop, closed by then, after the save's error is reported."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    sys.__unraisablehook__(unraisable)
+
+
 def run(main):
   """app.run(main) with the process settings, one-line errors, quiet logging and the persistent
   compilation cache."""
   process.apply()  # Before anything starts JAX's backend.
+  sys.unraisablehook = _unraisable
 
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:
@@ -108,7 +121,7 @@ def run(main):
       print('stopped (Ctrl-C). Rerun the same command to go on: a training run resumes after its '
             'last finished epoch.', file=sys.stderr)
       raise SystemExit(130) from None
-    except OSError as e:
+    except Exception as e:  # pylint: disable=broad-exception-caught  # Re-raised unless a fault.
       fault = environment_fault(e)
       if fault is None:
         raise

@@ -276,10 +276,9 @@ class BatchRecordingDetector(DotDetector):
     return super().detect(images)
 
 
-def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_faces, tmp_path,
-                                                                 monkeypatch):
-  # Batched detection rounds differently with another batch: a block must always be the same.
-  monkeypatch.setattr(input_cache, '_DETECT_WINDOW', 8)
+def test_faces_are_found_each_image_alone_whatever_asks_first(synthetic_faces, tmp_path,
+                                                              monkeypatch):
+  # Batched detection rounds differently with another batch: each image is found alone.
   detectors = []
   for order, tfds in (([4, 20], 'a'), ([20, 4], 'b')):  # Two protocols, asked in either order.
     detector = BatchRecordingDetector()
@@ -291,7 +290,7 @@ def test_faces_are_found_in_whole_fixed_blocks_whatever_asks_first(synthetic_fac
     detectors.append(detector)
   a, b = (sorted(map(tuple, d.batches)) for d in detectors)
   assert a == b  # The same batches, whichever protocol came first.
-  assert all(len(batch) == 8 for batch in a)  # Blocks of 8 of the 48 records, each whole.
+  assert all(len(batch) == 1 for batch in a)
 
 
 def test_caches_of_other_weights_or_an_older_face_finding_are_not_reused(monkeypatch):

@@ -3,6 +3,7 @@ right number or in one line, never in a silently wrong result."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import pytest
 from configs import tiny
 from gender_jax import evaluate
 from gender_jax.data import batching
+from gender_jax.data import face_dataset
 from gender_jax.data import feature_cache
 from gender_jax.data import input_cache
 from gender_jax.data import protocol
 from gender_jax.data import record_files
+from gender_jax.faces import detect
 from gender_jax.faces import inputs
 from gender_jax.training import checkpoints
 from gender_jax.training import run_dir
@@ -25,11 +28,22 @@ from gender_jax.training import train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def command(module, *args):
-  """python -m module args, as a user runs it: (exit status, stdout, stderr)."""
-  done = subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO,
+def command(module, *args, before=None):
+  """python -m module args, as a user runs it, after the Python `before` if given: (exit status,
+  stdout, stderr)."""
+  start = ['-m', module] if before is None else [
+      '-c', f'{before}\nimport runpy\nrunpy.run_module({module!r}, run_name="__main__", '
+      'alter_sys=True)']
+  done = subprocess.run([sys.executable, *start, *map(str, args)], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   return done.returncode, done.stdout, done.stderr
+
+
+def error_line(status, stderr):
+  """The one `error:` line of a command that failed in one line, without a traceback."""
+  assert status == 1 and 'Traceback' not in stderr, stderr
+  (line,) = [l for l in stderr.splitlines() if l.startswith('error:')]
+  return line
 
 
 def tiny_config(data_dir, tmp_path, **overrides):
@@ -139,16 +153,22 @@ def finished(synthetic_faces, tmp_path_factory):
   return tmp, evaluate.evaluate(str(tmp / 'run'))
 
 
-def test_evaluation_after_the_image_cache_was_deleted_gives_the_same_numbers(finished,
-                                                                          tmp_path):
-  # The user freed disk by deleting the largest files under the dataset's image cache.
+def _copy_run_and_dataset(finished, tmp_path):
+  """A copy of the finished run whose config points at a copy of its dataset."""
   shutil.copytree(finished[0], tmp_path, dirs_exist_ok=True)
   config = json.loads((tmp_path / 'run' / 'config.json').read_text())
   config['tfds_dir'] = str(tmp_path / 'tfds')
   (tmp_path / 'run' / 'config.json').write_text(json.dumps(config))
+  return tmp_path / 'run'
+
+
+def test_evaluation_after_the_image_cache_was_deleted_gives_the_same_numbers(finished,
+                                                                          tmp_path):
+  # The user freed disk by deleting the largest files under the dataset's image cache.
+  workdir = _copy_run_and_dataset(finished, tmp_path)
   for path in _row_caches(tmp_path / 'tfds', 'decoded-'):
     path.unlink()
-  again = evaluate.evaluate(str(tmp_path / 'run'))
+  again = evaluate.evaluate(str(workdir))
   assert again['metrics'] == finished[1]['metrics']
 
 
@@ -346,3 +366,103 @@ def test_a_finished_run_without_its_config_json_is_still_evaluated(finished, tmp
   status, stdout, stderr = command('gender_jax.evaluate', f'--workdir={workdir}')
   assert status == 0, stderr  # results.json holds the same config.
   assert json.loads((workdir / 'eval_test.json').read_text())['metrics'] == finished[1]['metrics']
+
+
+# --- A full disk: one line naming the file, and the rerun goes on. ---------------------------
+
+DISK_FULL = ('import errno, os\n'
+             'def disk_full(*args, **kwargs):\n'
+             '  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n')
+
+
+def test_a_full_disk_while_caching_images_is_one_line_and_changes_no_result(finished, tmp_path):
+  workdir = _copy_run_and_dataset(finished, tmp_path)
+  before = (workdir / 'eval_test.json').read_text()
+  for path in _row_caches(tmp_path / 'tfds', 'decoded-'):
+    path.unlink()
+  status, _, stderr = command('gender_jax.evaluate', f'--workdir={workdir}',
+                              before=DISK_FULL + 'os.pwrite = disk_full')  # Rows are pwritten.
+  line = error_line(status, stderr)
+  assert re.search(r'The disk is full: cannot write \S+/decoded-test-\S+\.npy \([\d.]+ \w?B free '
+                   r'there; about 49\.2 kB needed\)', line), line
+  assert 'config.tfds_dir (--config.tfds_dir) at another disk' in line
+  assert (workdir / 'eval_test.json').read_text() == before
+  assert evaluate.evaluate(str(workdir))['metrics'] == finished[1]['metrics']  # Once it fits.
+
+
+# Orbax writes a checkpoint's metadata through etils' Path.write_text, in its own threads.
+_CHECKPOINT_METADATA_FULL = (
+    'from etils.epath import abstract_path\n'
+    'write_text = abstract_path.Path.write_text\n'
+    'def write_unless_a_checkpoint(path, *args, **kwargs):\n'
+    '  if "/checkpoints/" in os.fspath(path):\n'
+    '    disk_full()\n'
+    '  return write_text(path, *args, **kwargs)\n'
+    'abstract_path.Path.write_text = write_unless_a_checkpoint\n')
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_saved_epochs(
+    finished, tmp_path):
+  workdir = _copy_run(finished, tmp_path)
+  results = (workdir / 'results.json').read_text()
+  save = ('import sys\nimport numpy as np\nfrom gender_jax import cli\n'
+          'from gender_jax.training import checkpoints\n'
+          'def main(argv):\n'
+          '  state = {"w": np.ones((64, 64), np.float32)}\n'
+          '  checkpoints.Checkpoints(argv[1]).save_latest(3, state, {"epoch": 3})\n'
+          'cli.run(main)\n')  # What training does after epoch 3, without training.
+  done = subprocess.run([sys.executable, '-c', DISK_FULL + _CHECKPOINT_METADATA_FULL + save,
+                         str(workdir)], capture_output=True, text=True, cwd=REPO, timeout=300)
+  line = error_line(done.returncode, done.stderr)
+  assert re.fullmatch(
+      rf'error: The disk is full: cannot write {re.escape(str(workdir))}/checkpoints/latest/3 '
+      r'\([\d.]+ \w?B free there; about 16\.4 kB needed\)\. Free some space there and rerun the '
+      r'same command: it resumes from the last saved epoch \(or train into a --workdir on another '
+      r'disk, from the start\)\.', line), line
+  assert (workdir / 'results.json').read_text() == results
+  # What the rerun resumes from once there is room: epoch 2, whole and sealed.
+  latest = workdir / 'checkpoints' / 'latest'
+  assert sorted(p.name for p in latest.glob('[0-9]')) == ['1', '2']
+  assert not checkpoints._unsealed(str(latest / '2'))  # pylint: disable=protected-access
+
+
+def test_a_full_disk_said_inside_another_librarys_error_is_one_line():
+  # TFDS's ArrayRecord writer and orbax's tensorstore say it in words; orbax's event loop, closed
+  # by a failed save, reports its pending writes as unraisable.
+  code = ('import sys\nfrom gender_jax import cli\nsys.argv = ["x"]\n'
+          'class PendingWrite:\n'
+          '  def __del__(self):\n'
+          '    raise RuntimeError("Event loop is closed")\n'
+          'def main(argv):\n'
+          '  PendingWrite()\n'
+          '  raise ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device")\n'
+          'cli.run(main)\n')
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
+  assert error_line(done.returncode, done.stderr).startswith(
+      'error: The disk is full. Free some space on it and rerun the same command;')
+  assert done.stderr.strip().count('\n') == 0, done.stderr
+
+
+# --- Face finding costs what was asked. ------------------------------------------------------
+
+class CountingDetector:
+  """Finds no face; records how many images each call was given."""
+  id = 'counting'
+
+  def __init__(self):
+    self.calls = []
+
+  def detect(self, images):
+    self.calls.append(len(images))
+    return [detect.no_faces() for _ in images]
+
+
+def test_faces_are_found_in_the_images_asked_for_each_alone(synthetic_faces, tmp_path):
+  builder = face_dataset.build(synthetic_faces, tmp_path / 'tfds')
+  detector = CountingDetector()
+  input_cache.cached_landmarks(builder, 'train', np.array([3, 17, 40]), detector, detector.id)
+  assert sum(detector.calls) == 3  # Of the split's 48 records.
+  input_cache.cached_landmarks(builder, 'train', np.array([3, 5]), detector, detector.id)
+  assert sum(detector.calls) == 4  # Record 3's faces were found before.
+  # Each alone: batched detection rounds differently with other images in the batch.
+  assert set(detector.calls) == {1}

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from gender_jax.data import image_files
+from gender_jax import full_disk
 from gender_jax import LABELS
 from gender_jax import UserError
 
@@ -69,6 +70,7 @@ class FolderScan:
   examples: dict  # split (or UNSPLIT) -> list of (relative path, label), sorted by path.
   fingerprint: str  # sha256 of the relative paths, sizes and mtimes of every file.
   skipped: list  # Relative paths not named as images (a folder's ends with '/'), sorted.
+  num_bytes: int  # Of the image files: about what the dataset's records take on disk.
 
 
 def _accepted(names):
@@ -179,16 +181,17 @@ def scan_folder(path):
         f'{root} is not a face folder: found sub-folders {found or "none"}. Expected split '
         f'folders {_accepted(SPLIT_NAMES)}, each with class folders, or class folders '
         f'{_accepted(CLASS_NAMES)} directly (any case).')
-  examples, skipped, digest = {}, [], hashlib.sha256(layout.encode())
+  examples, skipped, digest, num_bytes = {}, [], hashlib.sha256(layout.encode()), 0
   for split, split_rel in sorted(splits.items(), key=lambda kv: (*SPLITS, UNSPLIT).index(kv[0])):
     files = sorted(_class_files(root, split_rel, skipped))
     examples[split] = [(rel, label) for rel, label, _, _ in files]
     for rel, _, size, mtime in files:
       digest.update(os.fsencode(f'{rel}\0{size}\0{mtime}\n'))
+      num_bytes += max(size, 0)
   skipped.sort()
   for rel in skipped:  # Names only, as the metadata lists: rewriting a .DS_Store needs no rebuild.
     digest.update(os.fsencode(f'{rel}\0skipped\n'))
-  return FolderScan(root, layout, splits, examples, digest.hexdigest(), skipped)
+  return FolderScan(root, layout, splits, examples, digest.hexdigest(), skipped, num_bytes)
 
 
 @dataclasses.dataclass
@@ -336,11 +339,13 @@ def build(source_dir, tfds_dir, max_bad_fraction=0.01):
     builder = FaceFolder(config=config, data_dir=tfds_dir)
     if builder.is_prepared():
       # Checked again on reuse, since the threshold may have changed since the build.
-      check_bad_files(dict(builder.info.metadata), report_path(builder), max_bad_fraction)
-    else:
-      builder.download_and_prepare(file_format='array_record')
-      for split in builder.info.splits:  # Part of the build, so loads never parse every record.
-        read_index(builder, split)
+      with full_disk.writing(report_path(builder), full_disk.DATASET_FIX):
+        check_bad_files(dict(builder.info.metadata), report_path(builder), max_bad_fraction)
+    else:  # A build cut short by a full disk leaves nothing: TFDS removes its partial folder.
+      with full_disk.writing(os.fspath(builder.data_path), full_disk.DATASET_FIX, scan.num_bytes):
+        builder.download_and_prepare(file_format='array_record')
+        for split in builder.info.splits:  # Part of the build, so loads never parse every record.
+          read_index(builder, split)
   return builder
 
 
@@ -358,7 +363,7 @@ def read_index(builder, split):
     examples = records.__getitems__(list(range(len(records))))
     paths = [e['path'].decode() for e in examples]
     labels = [int(e['label']) for e in examples]
-    with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
+    with full_disk.writing(path, full_disk.DATASET_FIX), full_disk.replacing(path) as tmp, \
+        open(tmp, 'w') as f:
       json.dump([paths, labels], f)
-    os.replace(f'{path}.{os.getpid()}.tmp', path)
   return paths, np.asarray(labels, np.int32)

@@ -12,6 +12,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from gender_jax import full_disk
 from gender_jax import pytree_digest
 from gender_jax.data import face_dataset
 from gender_jax.data import record_files
@@ -53,8 +54,9 @@ def _features(split, key, encode):
     if len(todo):
       features = encode(split.take(todo))
       if lead:
-        cache[records.rows[todo]] = features.astype(np.float32)
-        cache.commit()
+        with full_disk.writing(base + '.npy', full_disk.DATASET_FIX, features.nbytes):
+          cache[records.rows[todo]] = features.astype(np.float32)
+          cache.commit()
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'features {base}')
   return record_files.Rows(record_files.RecordArray(base + '.npy'), records.rows)

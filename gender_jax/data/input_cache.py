@@ -17,13 +17,14 @@ import zipfile
 import numpy as np
 import tqdm
 
+from gender_jax import full_disk
 from gender_jax.data import face_dataset
 from gender_jax.data import image_files
 from gender_jax.data import record_files
 from gender_jax.faces import align
 
 _WINDOW = 4096  # Records decoded per round: bounds the encoded bytes held in memory at once.
-_DETECT_WINDOW = 256  # Images per round of finding faces: the decoded pixels are held.
+_DETECT_WINDOW = 256  # Images decoded per round of finding faces: their pixels are held.
 
 
 class Records(NamedTuple):
@@ -99,13 +100,14 @@ def cached_images(builder, split, rows, face_input, detector_id=None, marks=None
     todo = rows[~images.filled(rows)]
     if len(todo):
       source = builder.as_data_source(split)
-      with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} ({key})', unit=' img') as bar:
+      with tqdm.tqdm(total=len(todo), desc=f'Decoding {split} ({key})', unit=' img') as bar, \
+          full_disk.writing(base + '.npy', full_disk.DATASET_FIX, len(todo) * size * size * 3):
         for start in range(0, len(todo), _WINDOW):
           window = todo[start:start + _WINDOW]
           blobs = [r['image'] for r in source.__getitems__(window.tolist())]
           if _decode_convert(blobs.__getitem__, window, convert, images, bar):
             _damaged(builder)
-      images.commit()
+        images.commit()
   return record_files.Rows(images.array, rows), Records(base, num_records, rows)
 
 
@@ -143,35 +145,33 @@ def _saved_landmarks(path, count):
 def cached_landmarks(builder, split, rows, detector, detector_id):
   """Landmarks of every record of a split (those of `rows` filled), found once per detector.
 
-  Kept in the dataset's folder beside the decoded images, filled in as protocols ask for rows.
-  Faces are found in fixed blocks of records, each always whole: batched detection rounds
-  differently with another batch (by ~1e-5 px), so a block's landmarks must not depend on which
-  protocol asked for it first.
+  Kept in the dataset's folder beside the decoded images, filled in as protocols ask for rows:
+  the faces of exactly the records asked for are found, each image alone. Batched detection
+  rounds differently with another batch (by ~1e-5 px), so a record's landmarks must not depend
+  on which other records a protocol asked for with it.
   """
   path = os.path.join(os.fspath(builder.data_dir), f'landmarks-{split}-{detector_id}.npz')
   num_records = builder.info.splits[split].num_examples
   with face_dataset.locked(path + '.lock'):
     marks, done = _saved_landmarks(path, num_records)
-    blocks = np.unique(rows[~done[rows]] // _DETECT_WINDOW)
-    if len(blocks):
+    todo = np.unique(rows[~done[rows]])
+    if len(todo):
       source = builder.as_data_source(split)
-      with tqdm.tqdm(total=len(blocks), desc=f'Finding faces in {split}', unit=' block') as bar:
-        for block in blocks:
-          window = np.arange(block * _DETECT_WINDOW,
-                             min(num_records, (block + 1) * _DETECT_WINDOW))
+      with tqdm.tqdm(total=len(todo), desc=f'Finding faces in {split}', unit=' img') as bar:
+        for start in range(0, len(todo), _DETECT_WINDOW):
+          window = todo[start:start + _DETECT_WINDOW]
           try:
             images = [image_files.decode_rgb(r['image'])
                       for r in source.__getitems__(window.tolist())]
           except image_files.BadImageError:
             _damaged(builder)
-          new = window[~done[window]]  # A cache from before blocks may hold some already.
-          for field, values in zip(marks, _detect(detector, images)):
-            field[new] = values[~done[window]]
-          done[new] = True
-          bar.update()
-      tmp = f'{path}.{os.getpid()}.tmp.npz'
-      np.savez(tmp, done=done, **marks._asdict())
-      os.replace(tmp, path)
+          for row, image in zip(window, images):
+            for field, values in zip(marks, _detect(detector, [image])):
+              field[row] = values[0]
+            bar.update()
+          done[window] = True
+      with full_disk.writing(path, full_disk.DATASET_FIX), full_disk.replacing(path) as tmp:
+        np.savez(tmp, done=done, **marks._asdict())
     return marks
 
 

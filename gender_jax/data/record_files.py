@@ -4,8 +4,10 @@ The decoded images and the frozen-base features are kept as .npy files with a ro
 their dataset split. They are read with pread and written with pwrite, not memory-mapped: the
 pages of a mapped file count as the process's resident memory once touched, so a pass over a
 large dataset would hold the whole file; this way memory holds the rows in use. `CheckedRows`
-keeps a checksum of every row it writes, so a damaged cache is made again, never read.
+keeps a checksum of every row it writes, so a damaged cache is made again, never read. A write
+that fails (a full disk) names its file, which os.pwrite's errors do not.
 """
+import contextlib
 import os
 import zlib
 
@@ -50,11 +52,13 @@ class RecordArray:
   def __setitem__(self, rows, values):
     rows = np.asarray(rows).reshape(-1)
     values = np.ascontiguousarray(values, self.dtype).reshape(len(rows), *self.shape[1:])
-    for row, value in zip(rows, values):
-      os.pwrite(self._fd, value.tobytes(), self.offset + int(row) * self.row_bytes)
+    with _named(self.path):
+      for row, value in zip(rows, values):
+        os.pwrite(self._fd, value.tobytes(), self.offset + int(row) * self.row_bytes)
 
   def flush(self):
-    os.fsync(self._fd)
+    with _named(self.path):
+      os.fsync(self._fd)
 
   def __del__(self):
     if hasattr(self, '_fd'):
@@ -140,11 +144,27 @@ class CheckedRows:
     """Makes the written rows durable, then their checksums, atomically."""
     self.array.flush()
     tmp = f'{self.base}.rows.{os.getpid()}.tmp.npy'
-    np.save(tmp, self.sums)
-    os.replace(tmp, self.base + '.rows.npy')
+    try:
+      with _named(tmp):
+        np.save(tmp, self.sums)
+      os.replace(tmp, self.base + '.rows.npy')
+    finally:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)  # Left where saving failed.
 
 
 _VERIFY_WINDOW = 1024  # Rows read at once to check their checksums: bounds the memory held.
+
+
+@contextlib.contextmanager
+def _named(path):
+  """OSErrors in the block name `path`."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename:
+      raise
+    raise OSError(e.errno, e.strerror, path) from e
 
 
 def _row_sums(values):

@@ -41,9 +41,9 @@ PNET_CALL_PIXELS = 1 << 16  # Input pixels per P-Net call (images or tiles x hei
 PNET_TILE = 64  # Levels larger than this many P-Net cells a side run in tiles of this many.
 MAX_PYRAMID_PIXELS = 1 << 22  # Image pixels per pyramid pass: bounds host memory.
 # The face finding that cached landmarks come from: bump it with any change to gender_jax/faces/
-# or to the blocks of input_cache.cached_landmarks that moves a landmark, so caches made before
-# are not reused. Version 2: fixed blocks of input_cache's detection window.
-FACE_FINDING_VERSION = 2
+# or to how input_cache.cached_landmarks batches images that moves a landmark, so caches made
+# before are not reused. Version 3: each record's image found alone.
+FACE_FINDING_VERSION = 3
 
 
 def detector_id(weights_metadata):

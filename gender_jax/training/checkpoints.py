@@ -5,11 +5,15 @@ items: 'latest' holds 'train_state' (the whole TrainState: params, optimizer sta
 'best' holds 'variables' (the model's variables alone); both hold 'progress' (epochs done, the
 best epoch so far, seconds spent). Each saved step is sealed with the sha256 of its files, checked
 before a restore, so a checkpoint whose files were damaged is refused rather than restored with
-changed values (orbax reads some damage without a word). Two 'latest' epochs are kept: resuming falls back to the earlier one if the last is
-damaged. Runs saved before these names called both 'state'; they still resume and load.
+changed values (orbax reads some damage without a word). Two 'latest' epochs are kept: resuming
+falls back to the earlier one if the last is damaged. A save that fills the disk ends in one line
+(gender_jax/full_disk.py) and leaves the epochs saved before it as they were; the next run clears
+its partial files. Runs saved before these names called both 'state'; they still resume and load.
 """
+import contextlib
 import hashlib
 import json
+import logging
 import os
 
 import jax
@@ -18,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 
+from gender_jax import full_disk
 from gender_jax import UserError
 from gender_jax import pytree_digest
 from gender_jax.training import run_dir
@@ -64,9 +69,11 @@ class Checkpoints:
   """The two checkpoints of the run in `workdir`, created if missing."""
 
   def __init__(self, workdir):
+    # cleanup_tmp_directories: the partial files of a save that failed (a full disk) go.
     self._managers = {name: _manager(_directory(workdir, name), name,
-                                     ocp.CheckpointManagerOptions(max_to_keep=_KEEP[name],
-                                                                  create=True))
+                                     ocp.CheckpointManagerOptions(
+                                         max_to_keep=_KEEP[name], create=True,
+                                         cleanup_tmp_directories=True))
                       for name in (LATEST, BEST)}
 
   def latest_epoch(self):
@@ -74,14 +81,18 @@ class Checkpoints:
     return self._managers[LATEST].latest_step()
 
   def _save(self, name, epoch, state, progress):
-    self._managers[name].save(epoch, args=ocp.args.Composite(**{
-        _STATE_ITEM[name]: ocp.args.StandardSave(state),
-        _PROGRESS_ITEM: ocp.args.JsonSave(progress)}))
-    self._managers[name].wait_until_finished()
-    if jax.process_count() > 1:  # Every process's files are in before the seal.
-      multihost_utils.sync_global_devices(f'checkpoint {name} {epoch}')
-    if jax.process_index() == 0:
-      _seal(os.path.join(self._managers[name].directory, str(epoch)))
+    manager = self._managers[name]
+    where = os.path.join(manager.directory, str(epoch))
+    with full_disk.writing(where, full_disk.WORKDIR_FIX, _num_bytes(state)), \
+        _reports_muted_if_disk_full():
+      manager.save(epoch, args=ocp.args.Composite(**{
+          _STATE_ITEM[name]: ocp.args.StandardSave(state),
+          _PROGRESS_ITEM: ocp.args.JsonSave(progress)}))
+      manager.wait_until_finished()
+      if jax.process_count() > 1:  # Every process's files are in before the seal.
+        multihost_utils.sync_global_devices(f'checkpoint {name} {epoch}')
+      if jax.process_index() == 0:
+        _seal(where)
 
   def save_latest(self, epoch, train_state, progress):
     self._save(LATEST, epoch, train_state, progress)
@@ -115,6 +126,52 @@ class Checkpoints:
     """The best epoch's variables, shaped like `variables`, on `sharding`."""
     manager = self._managers[BEST]
     return _restore(manager, BEST, manager.latest_step(), variables, sharding)[0]
+
+
+def _num_bytes(state):
+  return sum(getattr(leaf, 'nbytes', 0) for leaf in jax.tree.leaves(state))
+
+
+_ORBAX_FILES = os.path.dirname(ocp.__file__) + os.sep
+_REPORTING = ('absl', 'asyncio')  # The loggers of orbax and of its event loops.
+
+
+class _SaveReports(logging.Filter):
+  """Holds the log records of orbax and its event loops, or drops them once muted."""
+
+  def __init__(self):
+    super().__init__()
+    self.held = []  # None once muted.
+
+  def filter(self, record):
+    if record.name == 'absl' and not record.pathname.startswith(_ORBAX_FILES):
+      return True
+    if self.held is not None:
+      self.held.append(record)
+    return False
+
+
+@contextlib.contextmanager
+def _reports_muted_if_disk_full():
+  """Holds what orbax logs during a save and shows it after, unless the disk filled up: then its
+  threads and event loops report each failed write with a traceback, some after the save has
+  raised, and the save's error says it in one line, so they stay muted for good."""
+  reports, muted = _SaveReports(), False
+  for name in _REPORTING:
+    logging.getLogger(name).addFilter(reports)
+  try:
+    yield
+  except Exception as e:
+    muted = full_disk.caused_by_full_disk(e)
+    raise
+  finally:
+    if muted:
+      reports.held = None
+    else:
+      for name in _REPORTING:
+        logging.getLogger(name).removeFilter(reports)
+      for record in reports.held:
+        logging.getLogger(record.name).handle(record)
 
 
 def _restore(manager, name, step, like, sharding):
@@ -156,10 +213,9 @@ def _file_digests(folder):
 
 def _seal(folder):
   """Writes the sha256 of every file of a saved step beside them, atomically."""
-  digests, tmp = _file_digests(folder), os.path.join(folder, SEAL + '.tmp')
-  with open(tmp, 'w') as f:
+  digests = _file_digests(folder)
+  with full_disk.replacing(os.path.join(folder, SEAL)) as tmp, open(tmp, 'w') as f:
     json.dump(digests, f, sort_keys=True)
-  os.replace(tmp, os.path.join(folder, SEAL))
 
 
 def _unsealed(folder):
