@@ -114,7 +114,9 @@ def test_random_base_is_reported_loudly(report_text):
     (None, 'none (trained from scratch)'),
     ({'source': 'vggface', 'h5_sha256': 'ab' * 32, 'random_base': False},
      'vggface (sha256 abababababab)'),
-    # face_resnet records no h5 file: its converter pins the sha256 of face-api's files.
+    ({'source': 'face_resnet', 'h5_sha256': None, 'sha256': 'cd' * 32, 'random_base': False},
+     'face_resnet (sha256 cdcdcdcdcdcd)'),  # Its npm tarball's.
+    # Runs recorded before 'sha256' hold the h5 file's alone: face_resnet's none.
     ({'source': 'face_resnet', 'h5_sha256': None, 'random_base': False}, 'face_resnet'),
 ])
 def test_weights_provenance_names_the_source_and_the_h5_files_hash_where_there_is_one(

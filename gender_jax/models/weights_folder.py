@@ -43,9 +43,17 @@ def in_the_way(folder, source):
   if not found:
     return 'holds a metadata.json that names no source'
   origin = metadata.get('h5_file') or metadata.get('wheel_file') or metadata.get('pt_dir')
-  sha256 = metadata.get('h5_sha256') or metadata.get('wheel_sha256')
+  sha256 = source_sha256(metadata)
   details = [f'converted from {origin}'] * bool(origin) + [f'sha256 {sha256}'] * bool(sha256)
   return f'holds {found} weights' + (f' ({", ".join(details)})' if details else '')
+
+
+def source_sha256(metadata):
+  """The sha256 of the file a converted folder's weights came from (the Keras h5, the npm
+  tarball or the wheel), from its metadata; None where there is none (random or no weights)."""
+  metadata = metadata or {}
+  return (metadata.get('h5_sha256') or metadata.get('tarball_sha256')
+          or metadata.get('wheel_sha256'))
 
 
 def convert_target(weights_dir, source):

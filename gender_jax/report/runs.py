@@ -122,7 +122,7 @@ def weights_provenance(weights):
     return 'none (trained from scratch)'
   if weights.get('random_base'):
     return '**RANDOM BASE (NOT PRETRAINED)**'
-  sha = weights.get('h5_sha256')  # None for face_resnet: its converter pins its files' sha256.
+  sha = weights.get('sha256') or weights.get('h5_sha256')  # Runs before 'sha256': h5 only.
   return f"{weights.get('source', '?')}" + (f' (sha256 {sha[:12]})' if sha else '')
 
 

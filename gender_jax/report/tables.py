@@ -42,8 +42,9 @@ def setup_section(study):
   lines += ['Weights of each base:', '']
   for run in study.runs:
     w = run.results.get('weights')
-    if w and w.get('h5_sha256') and not w.get('random_base'):
-      lines.append(f"- {run.name}: `{w.get('source')}`, h5 sha256 `{w.get('h5_sha256')}`")
+    sha = w and (w.get('sha256') or w.get('h5_sha256'))
+    if sha and not w.get('random_base'):
+      lines.append(f"- {run.name}: `{w.get('source')}`, sha256 of its source file `{sha}`")
     else:
       lines.append(f'- {run.name}: {runs_lib.weights_provenance(w)}')
   return lines

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from gender_jax import UserError
+from gender_jax.models import weights_folder
 
 CONFIG = 'config.json'
 WEIGHTS_METADATA = 'weights_metadata.json'
@@ -120,9 +121,11 @@ def results_record(*, config, metrics, best_epoch, epochs_trained, train_seconds
       'total_seconds': total_seconds,
       'train_images_per_second': images_trained / max(train_seconds, 1e-9),
       'params': params,
-      'weights': weights_metadata and {'source': weights_metadata['source'],
-                                       'h5_sha256': weights_metadata.get('h5_sha256'),
-                                       'random_base': bool(weights_metadata.get('random_base'))},
+      'weights': weights_metadata and {
+          'source': weights_metadata['source'],
+          'h5_sha256': weights_metadata.get('h5_sha256'),
+          'sha256': weights_folder.source_sha256(weights_metadata),  # Of any source's file.
+          'random_base': bool(weights_metadata.get('random_base'))},
       'data_dir': os.path.abspath(config.data_dir), 'config': config.to_dict(),
       'git_commit': git_commit, 'devices': devices,
       'platform': f'{platform.platform()}, {os.cpu_count()} CPUs, jax {jax.__version__}',
@@ -262,10 +265,10 @@ def check_experiment(workdir, config, weights_metadata):
   changes = config_changes(read_json(config_path), config.to_dict())
   recorded_weights = path(workdir, WEIGHTS_METADATA)
   if os.path.exists(recorded_weights):
-    old = (read_json(recorded_weights) or {}).get('h5_sha256')
-    new = (weights_metadata or {}).get('h5_sha256')
+    old = weights_folder.source_sha256(read_json(recorded_weights))
+    new = weights_folder.source_sha256(weights_metadata)
     if old != new:
-      changes.append(('weights (h5 sha256)', old, new))
+      changes.append(('weights (sha256 of their source file)', old, new))
   if changes:
     listed = '; '.join(f'{field}: {old!r} -> {new!r}' + (
         ', under lr_schedule \'cosine\', which decays over num_epochs'
