@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check in one call: VGG16 feature extraction (JAX vs PyTorch and the project's own
-# pipeline, 224 px, bf16 and fp32), the three-model study end to end on real faces at 224 px with
-# random bases, configs/custom.py's real test accuracy, and (STEPS=tests) the GPU-relevant tests.
-# Sized for about 9 minutes on one H100/H200. Prints a short
-# table and writes it to $OUT/gpu_check.md (logs and JSON beside it) when $OUT is set.
+# pipeline, 224 px, bf16 and fp32), what the host feeds (benchmarks/host_feed.py), the
+# three-model study end to end on real faces at 224 px with random bases (each phase's seconds),
+# configs/custom.py's real test accuracy, and (STEPS=tests) the GPU-relevant tests.
+# Sized for about 9 minutes on one H100/H200. Prints a short table and writes it to $OUT/gpu_check.md (logs and JSON beside it) when $OUT is set.
 #
 #   bash benchmarks/gpu_check.sh DATA_DIR           # on the GPU machine, from the repo root
 #   bash benchmarks/gpu_check.sh DATA_DIR --small   # tiny sizes on CPU: checks the script here
@@ -42,6 +42,7 @@ if [[ $MODE == --small ]]; then
   EXTRACT=(--sizes=32 --dtypes=bfloat16,float32 --batch=4 --iters=1 --warmup=1
            --pipeline_images=8)
   STUDY=(--config=configs/tiny.py:custom)
+  FEED=(--sizes=32 --images=128 --rounds=1 --faces=8)
   CUSTOM=(--config.num_train=64 --config.num_valid=32 --config.num_test=32
           --config.num_epochs=1 --config.image_size=32)
 else
@@ -50,6 +51,7 @@ else
   EXTRACT=(--sizes=224 --dtypes=bfloat16,float32 --batch=256 --iters=5 --warmup=2
            --pipeline_images=4096)
   STUDY=(--config=configs/default.py --config.image_size=224 --config.compute_dtype=bfloat16)
+  FEED=(--sizes=224 --images=4096 --rounds=3 --faces=512)
   CUSTOM=()
 fi
 
@@ -92,10 +94,10 @@ print(f"python {sys.version.split()[0]}, jax {jax.__version__} ({jax.devices()[0
 row
 
 # STEPS picks the steps (default: all but tests, whose fake-CPU-device tests fail on one GPU).
-# They run in the order tests, extraction, study, custom (the issue's targets first), each only if
+# They run in the order tests, extraction, feed, study, custom (the issue's targets first), each only if
 # it fits in the time left; CUSTOM_VARIANTS adds runs of the custom model beside
 # configs/custom.py, as ';'-separated lists of --config overrides.
-STEPS=${STEPS:-extraction study custom}
+STEPS=${STEPS:-extraction feed study custom}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
 row "| step | result | seconds |"
@@ -130,6 +132,14 @@ else
 fi
 fi
 
+# --- What the host feeds: training batches at 224 px (augmented in the step) and face finding. ---
+if has feed; then
+start=$(now)
+limited "$PY" benchmarks/host_feed.py "${FEED[@]}" > "$OUT/feed.log" 2>&1
+rc=$?
+row "| host feed (rc $rc) | $(grep -E '^(feed|faces)' "$OUT/feed.log" | paste -sd';' -) | $(since "$start") |"
+fi
+
 # --- The study end to end: three models, random pretrained bases, compilation included. ---
 study() {  # study NAME: one timed run of gender_jax.study into $WORK/NAME.
   local start rc
@@ -147,8 +157,10 @@ for model in ('custom', 'vgg16', 'vggface'):
   path = os.path.join(workdir, model, 'results.json')
   if os.path.exists(path):
     r = json.load(open(path))
+    data = r['total_seconds'] - r['feature_seconds'] - r['train_seconds']
     cells.append(f"{model} acc {r['metrics']['accuracy']:.3f} in {r['total_seconds']:.0f} s "
-                 f"(features {r['feature_seconds']:.0f} s, train {r['train_seconds']:.0f} s)")
+                 f"(data {data:.0f} s, features {r['feature_seconds']:.0f} s, "
+                 f"train {r['train_seconds']:.0f} s)")
   else:
     cells.append(f'{model} missing')
 print(f"| {name} (rc {rc}, target < 60 s) | {'; '.join(cells)} | {seconds} |")

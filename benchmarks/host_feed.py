@@ -6,13 +6,15 @@ flips, shifts and jitter drawn, the uint8 rows gathered) and `Mesh.shard_batch` 
 devices), waiting for each transfer. The augmentation itself runs in the jitted step, on the
 devices: its rate on this machine's CPU devices is printed apart (`device augment`), and the host
 implementation it replaced (tests/augment_reference.py: the same draws, image by image in numpy
-and Pillow, as before issue 33) is timed in the same run as the baseline. Each setting runs
+and Pillow, as before issue 33) is timed in the same run as the baseline, on the first
+--before_images. Each setting runs
 --rounds times, taking turns; the median is shown.
 
 faces: the face finder's host work per photo, from benchmarks/face_detection.py's `host_rate`.
 
   python benchmarks/host_feed.py                        # 80, 112 and 224 px
   python benchmarks/host_feed.py --sizes=224 --images=2048 --rounds=5
+  python benchmarks/host_feed.py --sizes=80 --epoch_size=80 --faces=0   # whole CPU epochs too
 """
 import argparse
 import importlib.util
@@ -24,11 +26,13 @@ import time
 
 import jax
 import numpy as np
+import tqdm
 
 from gender_jax import base_config
 from gender_jax import process
 from gender_jax.data import augment
 from gender_jax.data import batching
+from gender_jax.models import networks
 from gender_jax.training import sharded
 from gender_jax.training import train
 from train_step_frameworks import cpu_model, load_average  # Beside this file: sys.path[0].
@@ -51,6 +55,11 @@ def parse_args(argv=None):
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--images', type=int, default=1024, help='Images of one timed epoch.')
   parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--before_images', type=int, default=512,
+                      help='Images the host jitter (the baseline, slow at 224 px) is timed on.')
+  parser.add_argument('--epoch_size', type=int, default=0,
+                      help='Also time whole training epochs at this size, device work included, '
+                           'augmented in the step against on the host first (0: skip).')
   parser.add_argument('--faces', type=int, default=256,
                       help='Photos for the face finder (0: skip it).')
   args = parser.parse_args(argv)
@@ -61,7 +70,8 @@ def parse_args(argv=None):
 def random_split(images, size):
   rng = np.random.default_rng(0)
   return batching.Split('train', rng.integers(0, 256, (images, size, size, 3), np.uint8),
-                        rng.integers(0, 2, images).astype(np.int32), paths=[], source_dir='')
+                        rng.integers(0, 2, images).astype(np.int32),
+                        paths=[f'{i}.jpg' for i in range(images)], source_dir='')
 
 
 def feed_seconds(split, batch, jitter, mesh):
@@ -91,6 +101,22 @@ def device_augment_seconds(split, batch, jitter, mesh):
   return time.perf_counter() - start
 
 
+def epoch_seconds(split, batch, jitter, mesh, state, on_device, reference, step):
+  """Seconds of a training epoch of configs/custom.py's CNN from `state` through
+  train.train_epoch, its images augmented in the step (on_device) or on the host first, as
+  before issue 33."""
+
+  def batches():
+    for b in augment.train_batches(split, batch, seed=0, epoch=1, flip=True, jitter=jitter):
+      yield mesh.shard_batch(train.step_batch(b) if on_device else {
+          'image': reference.apply(b['image'], b['augment'], jitter), 'label': b['label']})
+
+  start = time.perf_counter()
+  with tqdm.tqdm(disable=True) as bar:
+    jax.block_until_ready(train.train_epoch(step, state, batches(), bar))
+  return time.perf_counter() - start
+
+
 def median_rate(images, seconds):
   return images / statistics.median(seconds)
 
@@ -109,21 +135,43 @@ def main(argv=None):
   feeds = {}
   for size in args.sizes:
     split = random_split(args.images - args.images % args.batch, size)
+    before_split = split.take(np.arange(min(len(split), args.before_images)))
     n = batching.num_train_steps(split, args.batch) * args.batch
+    n_before = batching.num_train_steps(before_split, args.batch) * args.batch
     feed_seconds(split, args.batch, jitter, mesh)  # Warm: first touches, transfers' set-up.
     times = {'feed': [], 'host jitter (before)': [], 'device augment': []}
     for _ in range(args.rounds):
       times['feed'].append(feed_seconds(split, args.batch, jitter, mesh))
       times['host jitter (before)'].append(
-          host_jitter_seconds(split, args.batch, jitter, reference))
+          host_jitter_seconds(before_split, args.batch, jitter, reference))
       times['device augment'].append(device_augment_seconds(split, args.batch, jitter, mesh))
-    rates = {name: median_rate(n, seconds) for name, seconds in times.items()}
+    rates = {name: median_rate(n_before if 'before' in name else n, seconds)
+             for name, seconds in times.items()}
     feeds[size] = rates['feed']
     spread = ', '.join(f'{n / s:,.0f}' for s in times['feed'])
     print(f'{size} px: feed {rates["feed"]:,.0f} img/s (rounds: {spread}); host jitter before '
           f'{rates["host jitter (before)"]:,.0f} img/s: feed / before '
           f'{rates["feed"] / rates["host jitter (before)"]:.1f}x; device augment on '
           f'{jax.devices()[0].platform} {rates["device augment"]:,.0f} img/s')
+  if args.epoch_size:  # Whole epochs, device work included: what a CPU-only run gets.
+    config.image_size = args.epoch_size
+    split = random_split(args.images - args.images % args.batch, args.epoch_size)
+    n = batching.num_train_steps(split, args.batch) * args.batch
+    times = {True: [], False: []}
+    step = train.jit_train_step(mesh, stop_base_gradient=False, jitter=jitter)
+    # One state, copied for each epoch (the step donates it): a state made anew holds a new
+    # model and optimizer, and the step would compile again.
+    state = jax.device_put(train.create_train_state(
+        config, networks.create_model(config), jax.random.PRNGKey(0), n // args.batch),
+                           mesh.replicated)
+    fresh_state = lambda: jax.tree.map(lambda x: x.copy(), state)
+    for _ in range(args.rounds + 1):  # The first round compiles.
+      for on_device in times:
+        times[on_device].append(epoch_seconds(split, args.batch, jitter, mesh, fresh_state(),
+                                              on_device, reference, step))
+    device, host = (median_rate(n, times[k][1:]) for k in (True, False))
+    print(f'epoch {args.epoch_size} px on {jax.devices()[0].platform}: augmented in the step '
+          f'{device:,.0f} img/s, on the host first (before) {host:,.0f} img/s: {device / host:.2f}x')
   faces_rate = None
   if args.faces:
     import face_detection  # pylint: disable=g-import-not-at-top  # Beside this file.
