@@ -42,7 +42,7 @@ if [[ $MODE == --small ]]; then
   EXTRACT=(--sizes=32 --dtypes=bfloat16,float32 --batch=4 --iters=1 --warmup=1
            --pipeline_images=8)
   STUDY=(--config=configs/tiny.py:custom)
-  FEED=(--sizes=32 --images=128 --rounds=1 --faces=8)
+  FEED=(--sizes=32 --images=128 --rounds=1)
   CUSTOM=(--config.num_train=64 --config.num_valid=32 --config.num_test=32
           --config.num_epochs=1 --config.image_size=32)
 else
@@ -51,7 +51,7 @@ else
   EXTRACT=(--sizes=224 --dtypes=bfloat16,float32 --batch=256 --iters=5 --warmup=2
            --pipeline_images=4096)
   STUDY=(--config=configs/default.py --config.image_size=224 --config.compute_dtype=bfloat16)
-  FEED=(--sizes=224 --images=4096 --rounds=3 --faces=512)
+  FEED=(--sizes=224 --images=4096 --rounds=3)
   CUSTOM=()
 fi
 
@@ -132,12 +132,12 @@ else
 fi
 fi
 
-# --- What the host feeds: training batches at 224 px (augmented in the step) and face finding. ---
+# --- What the host feeds: training batches at 224 px (augmented in the step). ---
 if has feed; then
 start=$(now)
 limited "$PY" benchmarks/host_feed.py "${FEED[@]}" > "$OUT/feed.log" 2>&1
 rc=$?
-row "| host feed (rc $rc) | $(grep -E '^(feed|faces)' "$OUT/feed.log" | paste -sd';' -) | $(since "$start") |"
+row "| host feed (rc $rc) | $(grep -E '^feed' "$OUT/feed.log" | paste -sd';' -) | $(since "$start") |"
 fi
 
 # --- The study end to end: three models, random pretrained bases, compilation included. ---

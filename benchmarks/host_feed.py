@@ -1,4 +1,4 @@
-"""How fast the host can feed the devices: training batches and face finding, device work apart.
+"""How fast the host can feed the devices with training batches, device work apart.
 
 feed: one epoch of configs/custom.py's training batches over random uint8 images held in memory,
 at each --sizes px, batch --batch, as train.py feeds its step: `augment.train_batches` (order,
@@ -10,11 +10,9 @@ and Pillow, as before issue 33) is timed in the same run as the baseline, on the
 --before_images. Each setting runs
 --rounds times, taking turns; the median is shown.
 
-faces: the face finder's host work per photo, from benchmarks/face_detection.py's `host_rate`.
-
   python benchmarks/host_feed.py                        # 80, 112 and 224 px
   python benchmarks/host_feed.py --sizes=224 --images=2048 --rounds=5
-  python benchmarks/host_feed.py --sizes=80 --epoch_size=80 --faces=0   # whole CPU epochs too
+  python benchmarks/host_feed.py --sizes=80 --epoch_size=80   # whole CPU epochs too
 """
 import argparse
 import importlib.util
@@ -60,8 +58,6 @@ def parse_args(argv=None):
   parser.add_argument('--epoch_size', type=int, default=0,
                       help='Also time whole training epochs at this size, device work included, '
                            'augmented in the step against on the host first (0: skip).')
-  parser.add_argument('--faces', type=int, default=256,
-                      help='Photos for the face finder (0: skip it).')
   args = parser.parse_args(argv)
   args.sizes = [int(s) for s in args.sizes.split(',')]
   return args
@@ -172,14 +168,8 @@ def main(argv=None):
     device, host = (median_rate(n, times[k][1:]) for k in (True, False))
     print(f'epoch {args.epoch_size} px on {jax.devices()[0].platform}: augmented in the step '
           f'{device:,.0f} img/s, on the host first (before) {host:,.0f} img/s: {device / host:.2f}x')
-  faces_rate = None
-  if args.faces:
-    import face_detection  # pylint: disable=g-import-not-at-top  # Beside this file.
-    faces_rate = face_detection.host_rate(args.faces)
   for size, rate in feeds.items():
     print(f'feed {size} px: {rate:,.0f} img/s')
-  if faces_rate is not None:
-    print(f'faces: {faces_rate:,.0f} img/s')
 
 
 if __name__ == '__main__':
