@@ -13,26 +13,49 @@ Where torchvision's C++ ops do not load (PyPI's CUDA torchvision beside a CPU to
 facenet-pytorch calls is tests/facenet_reference.py's numpy transcription; its time is measured
 and the facenet-pytorch rate without it is printed too (the C++ kernel would take less).
 
+With --host it measures instead the face finder's host work alone (`host_rates`), now and as it
+was before issue 33 moved the cascade's steps between the networks onto the device (commit
+BEFORE, read with git), on the same photos one at a time (as the dataset build finds them) and
+in batches. The device work is taken out by replaying it: a first pass runs the detector with
+each of its module's jitted functions run to completion, timed (the device seconds shown) and
+its results recorded; then each call returns the recorded results in turn, after handing the
+call's arrays to a jitted no-op, so dispatch's host side (argument handling, copies to the
+device) still counts. The host seconds are the main thread's CPU time, so other processes on
+the machine slow them little. `host_rate` is what benchmarks/host_feed.py prints.
+
   python benchmarks/face_detection.py --images=64 --rounds=2      # a quick check
   python benchmarks/face_detection.py --images=1024 --rounds=3 --json=face_detection.json
+  python benchmarks/face_detection.py --host --images=256 --rounds=3
 """
 import argparse
+import collections
+import contextlib
+import cProfile
 import importlib.util
 import json
 import os
 import pathlib
 import platform
+import pstats
+import subprocess
 import sys
 import tempfile
 import time
+import types
 
+import jax
 import numpy as np
 
 from gender_jax import process
 from PIL import Image
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
+CELEBA_DIR = str(_REPO.parent / 'shared/data/celeba_gender')
+UTKFACE_DIR = str(_REPO.parent / 'shared/data/utkface_sample')
 
+
+BEFORE = '143e5f1'  # The last commit whose face finder ran the steps between networks in numpy.
+HOST_SETTINGS = (1, 64)  # Photos per detect() call: one at a time (the dataset build), a batch.
 
 # configs/custom.py's template on the CelebA faces (the run's config.json has the derived one).
 TEMPLATE = np.array([[0.364, 0.485], [0.649, 0.484], [0.502, 0.660], [0.378, 0.788],
@@ -41,8 +64,8 @@ TEMPLATE = np.array([[0.364, 0.485], [0.649, 0.484], [0.502, 0.660], [0.378, 0.7
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--celeba_dir', default=str(_REPO.parent / 'shared/data/celeba_gender'))
-  parser.add_argument('--utkface_dir', default=str(_REPO.parent / 'shared/data/utkface_sample'))
+  parser.add_argument('--celeba_dir', default=CELEBA_DIR)
+  parser.add_argument('--utkface_dir', default=UTKFACE_DIR)
   parser.add_argument('--images', type=int, default=256, help='Photos per source.')
   parser.add_argument('--batch', type=int, default=64, help='Photos per detect() call.')
   parser.add_argument('--rounds', type=int, default=3, help='Timed rounds (plus one warm-up).')
@@ -52,6 +75,8 @@ def parse_args(argv=None):
                       help='torch.set_num_threads (0: torch default). On a busy machine 1 can '
                            'be much faster: torch threads then wait for each other.')
   parser.add_argument('--json', default='', help='Also write the results to this file.')
+  parser.add_argument('--host', action='store_true',
+                      help="Only the face finder's host work, now and before issue 33.")
   return parser.parse_args(argv)
 
 
@@ -83,6 +108,114 @@ def converted_weights(folder):
   return out
 
 
+def detect_module(commit=None):
+  """gender_jax.faces.detect, or its source at `commit` (git show) imported apart."""
+  from gender_jax.faces import detect  # pylint: disable=g-import-not-at-top
+  if commit is None:
+    return detect
+  path = 'gender_jax/faces/detect.py'
+  source = subprocess.run(['git', 'show', f'{commit}:{path}'], cwd=_REPO, check=True,
+                          capture_output=True, text=True).stdout
+  module = types.ModuleType(f'detect_{commit}')
+  module.__file__ = f'{commit}:{path}'
+  exec(compile(source, f'{commit}:{path}', 'exec'), vars(module))  # pylint: disable=exec-used
+  return module
+
+
+@contextlib.contextmanager
+def _jitted_replaced(module, make):
+  """Each jitted function of `module` replaced by make(name, function) while inside."""
+  jitted = {name: f for name, f in vars(module).items() if callable(f) and hasattr(f, 'lower')}
+  for name, f in jitted.items():
+    setattr(module, name, make(name, f))
+  try:
+    yield
+  finally:
+    for name, f in jitted.items():
+      setattr(module, name, f)
+
+
+def device_and_host(module, run, rounds):
+  """run() apart: (device seconds per jitted function of `module`, host seconds per round, a
+  profile of the last round's host work). See this file's docstring for how."""
+  recorded, device = [], collections.Counter()
+
+  def record(name, f):
+    def call(*args, **kwargs):
+      start = time.perf_counter()
+      recorded.append(jax.block_until_ready(f(*args, **kwargs)))
+      device[name] += time.perf_counter() - start
+      return recorded[-1]
+    return call
+
+  noop = jax.jit(lambda *arrays: None, keep_unused=True)
+
+  def replay(name, f):  # pylint: disable=unused-argument
+    def call(*args, **kwargs):
+      noop(*(x for x in jax.tree.leaves((args, kwargs))
+             if isinstance(x, (np.ndarray, np.generic, jax.Array))))
+      return next(results)
+    return call
+
+  with _jitted_replaced(module, record):
+    run()
+  host, profile = [], cProfile.Profile(timer=time.thread_time)
+  for round_ in range(rounds + 2):  # Round 0 compiles the no-ops; the last one is profiled.
+    results = iter(recorded)
+    with _jitted_replaced(module, replay):
+      start = time.thread_time()
+      with profile if round_ > rounds else contextlib.nullcontext():
+        run()
+      host.append(time.thread_time() - start)
+  return device, host[1:-1], profile
+
+
+def _phases(device, profile, module, photos):
+  """One line each: device ms/photo per jitted function; host ms/photo (profiled, so Python's
+  share is inflated) by the module's own functions, numpy and dispatch (the no-ops)."""
+  own = collections.Counter()
+  for (file, _, name), (_, _, self_time, _, _) in pstats.Stats(profile).stats.items():
+    own[name if file == module.__file__ else 'dispatch' if 'jax' in file or file == __file__
+        else 'numpy and builtins'] += self_time
+  return ('  device ' + ', '.join(f'{n} {s / photos * 1e3:.2f}' for n, s in device.items()) +
+          '\n  host ' + ', '.join(f'{n} {s / photos * 1e3:.3f}' for n, s in own.most_common(8)))
+
+
+def host_rates(images=256, rounds=3, weights='', celeba_dir=CELEBA_DIR, utkface_dir=UTKFACE_DIR,
+               verbose=True):
+  """{(implementation, source, photos per call): photos/s of the face finder's host work}, for
+  now and BEFORE, on `images` CelebA crops and UTKFace chips; prints each with its device and
+  host ms per photo by phase where verbose. weights: as --weights."""
+  weights = converted_weights(weights)
+  modules = {'now': detect_module(), 'before': detect_module(BEFORE)}
+  sources = {'celeba 89x109': load_photos(celeba_dir, images),
+             'utkface 200x200': load_photos(utkface_dir, images)}
+  rates = {}
+  for per_call in HOST_SETTINGS:
+    for source, photos in sources.items():
+      for name, module in modules.items():
+        detector = module.load_detector(weights)
+
+        def run(detector=detector, photos=photos, per_call=per_call):
+          for start in range(0, len(photos), per_call):
+            detector.detect(photos[start:start + per_call])
+        run()  # Compiles.
+        device, host, profile = device_and_host(module, run, rounds)
+        rates[name, source, per_call] = len(photos) / np.median(host)
+        if verbose:
+          spread = ', '.join(f'{len(photos) / s:,.0f}' for s in host)
+          print(f'{source}, {per_call} per call, {name}: host {rates[name, source, per_call]:,.0f}'
+                f' photos/s (rounds: {spread}); ms per photo:\n'
+                f'{_phases(device, profile, module, len(photos))}', flush=True)
+  return rates
+
+
+def host_rate(images=256, weights=''):
+  """The face finder's host work in photos/s now: the slowest of host_rates' settings."""
+  return min(rate for (name, _, _), rate in host_rates(images, weights=weights).items()
+             if name == 'now')
+
+
 def same_faces(ours, theirs):
   """(photos whose face counts agree, largest box difference in px among those)."""
   agree, worst = 0, 0.0
@@ -98,10 +231,16 @@ def same_faces(ours, theirs):
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.host:
+    rates = host_rates(args.images, args.rounds, args.weights, args.celeba_dir, args.utkface_dir)
+    if args.json:
+      pathlib.Path(args.json).write_text(json.dumps(
+          [{'implementation': n, 'photos': s, 'per_call': c, 'host_photos_per_s': r}
+           for (n, s, c), r in rates.items()], indent=2) + '\n')
+    return
   facenet_reference = import_facenet_reference()
   mtcnn_class = facenet_reference.import_mtcnn()
   import torch  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   from gender_jax.faces import detect  # pylint: disable=g-import-not-at-top
   from gender_jax.faces import align  # pylint: disable=g-import-not-at-top
   if args.torch_threads:

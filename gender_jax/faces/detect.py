@@ -14,32 +14,42 @@ facenet-pytorch):
 3. O-Net on 48x48 crops: probability > thresholds[2], landmarks, regression, NMS on intersection
    over the smaller box ('Min', 0.7).
 
-The networks run jitted, in small batches that stay in cache, on a bounded set of shapes
-(P-Net levels padded to size buckets or cut into tiles; crop batches in powers of two).
-Everything between them (pyramid, crops, NMS, box arithmetic) is numpy, per image: an image's
-faces do not depend on the other images in the batch (facenet-pytorch offsets each image's
-boxes by a float32 multiple of its index for NMS, which does).
+All of it but the last NMS runs on the device, a batch of images at a time, in four jitted
+stages (pyramid and P-Net; P-Net's boxes and their NMS; R-Net; O-Net) that the host dispatches
+and between which it reads only counts: each stage holds a fixed number of box slots per image,
+and the counts size the next stage's slots and crops in powers of two. Images are padded to
+size buckets (gender_jax/faces/pyramid.py), so few shapes get compiled; the box arithmetic and
+the NMS are gender_jax/faces/boxes.py. The 'Min' NMS stays on the host, in numpy, on the few
+boxes O-Net passes: facenet-pytorch breaks its ties by numpy's own argsort. An image's faces
+do not depend on the other images in the batch (facenet-pytorch offsets each image's boxes by
+a float32 multiple of its index for NMS, which does), up to the rounding of the networks' sums,
+which XLA does differently for other batch sizes.
 
 Equal up to float32 rounding: the networks' sums differ from torch's in the last bits, which
 moves nothing, except where a box edge lands within that of an integer (a crop bound truncates
 to the other side) and near-tied candidates then swap. On 2,000 CelebA crops and 2,000 UTKFace
 chips, one chip's box differed by more than 1 px (a different candidate of the same face).
 """
+import functools
 import hashlib
 import json
 from typing import NamedTuple
 
 import jax
+from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
+from gender_jax.faces import boxes as boxes_lib
 from gender_jax.faces import mtcnn
+from gender_jax.faces import pyramid
 
-# Batch sizes per network call. On CPU, small batches whose activations stay in cache are
-# faster per image than large ones.
-CROP_BATCH = {'rnet': 64, 'onet': 32}  # Crops per call; the rest goes in powers of two >= 8.
-PNET_CALL_PIXELS = 1 << 16  # Input pixels per P-Net call (images or tiles x height x width).
-PNET_TILE = 64  # Levels larger than this many P-Net cells a side run in tiles of this many.
-MAX_PYRAMID_PIXELS = 1 << 22  # Image pixels per pyramid pass: bounds host memory.
+MAX_PYRAMID_PIXELS = 1 << 22  # Image pixels per call: bounds the memory a call holds.
+# XLA:CPU runs the networks fastest on batches whose activations stay in its caches: P-Net on
+# about this many input pixels at a time, R- and O-Net on this many crops, one batch after
+# another. An accelerator takes each stage's images and crops in one batch.
+CPU_PNET_PIXELS = 1 << 16
+CPU_CROPS = {'rnet': 32, 'onet': 16}
 # The face finding that cached landmarks come from: bump it with any change to gender_jax/faces/
 # or to how input_cache.cached_landmarks batches images that moves a landmark, so caches made
 # before are not reused. Version 3: each record's image found alone.
@@ -52,8 +62,6 @@ def detector_id(weights_metadata):
   key = {'weights': weights_metadata.get('pt_sha256'), 'version': FACE_FINDING_VERSION}
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
-
-# --- The cascade's numpy steps: each as facenet-pytorch computes it, in float32. ---
 
 class Faces(NamedTuple):
   """The faces in one image, highest score first."""
@@ -69,66 +77,67 @@ def no_faces():
                np.zeros((0, 5, 2), np.float32))
 
 
-def pyramid_scales(height, width, min_face_size=20, factor=0.709):
-  """P-Net's scales: a min_face_size face becomes 12 px, then x factor while the short side
-  stays >= 12 px (Python floats, as detect_face, so the level sizes are the same)."""
-  scale = 12.0 / min_face_size
-  short = min(height, width) * scale
-  scales = []
-  while short >= 12:
-    scales.append(scale)
-    scale *= factor
-    short *= factor
-  return scales
-
-
 def area_windows(size_in, size_out, start=0):
   """torch's adaptive average pooling windows: [floor(i n / m), ceil((i + 1) n / m)), i < m.
 
-  `size_in` and `start` may be arrays (one crop each): then (K, m) arrays, offset by `start`.
+  `size_in` and `start` may be arrays (one crop each; numpy, or traced on the device): then
+  (K, m) arrays, offset by `start`.
   """
-  size_in, start = np.asarray(size_in)[..., None], np.asarray(start)[..., None]
-  i = np.arange(size_out)
+  size_in, start = (x[..., None] if hasattr(x, 'ndim') else x for x in (size_in, start))
+  i = np.arange(size_out, dtype=np.int32)
   return start + i * size_in // size_out, start - (-(i + 1) * size_in // size_out)
 
 
+@jax.jit
 def summed_area(images):
   """(B, H + 1, W + 1, 3) uint32 summed-area tables of uint8 images.
 
   Sums wrap modulo 2^32, but the difference of four entries, a window's sum, is exact as long
   as the true sum fits: any window under 16 million pixels.
   """
-  b, h, w, c = images.shape
-  table = np.zeros((b, h + 1, w + 1, c), np.uint32)
-  np.cumsum(images, axis=1, dtype=np.uint32, out=table[:, 1:, 1:])
-  np.cumsum(table[:, 1:, 1:], axis=2, dtype=np.uint32, out=table[:, 1:, 1:])
-  return table
+  table = jnp.asarray(images, jnp.uint32)
+  for axis in (1, 2):  # XLA's cumsum is slower here.
+    table = lax.associative_scan(jnp.add, table, axis=axis)
+  return jnp.pad(table, ((0, 0), (1, 0), (1, 0), (0, 0)))
+
+
+def _window_means(sums, rows, cols):
+  """Window sums divided by the window height and then its width in float32, as torch does."""
+  (r0, r1), (c0, c1) = rows, cols
+  heights, widths = ((end - start)[..., None].astype(jnp.float32)
+                     for start, end in ((r0, r1), (c0, c1)))
+  return boxes_lib.quotient(boxes_lib.quotient(sums.astype(jnp.float32), heights), widths)
+
+
+def _shared_area_resize(table, rows, cols):
+  """area_resize of every image in table onto the same (m,) windows: rows, then columns."""
+  (r0, r1), (c0, c1) = rows, cols
+  band = table[:, r1] - table[:, r0]
+  return _window_means(band[:, :, c1] - band[:, :, c0], (r0[:, None], r1[:, None]), (c0, c1))
+
+
+def _crop_area_resize(corners, height, width, index, rows, cols):
+  """area_resize of one crop per index from tables of `height` x `width` entries, flattened
+  to corners (N, 3): one index per corner, cheaper than three."""
+  (r0, r1), (c0, c1) = rows, cols
+  top, bottom = ((index[:, None, None] * height + r[:, :, None]) * width for r in (r0, r1))
+  left, right = c0[:, None, :], c1[:, None, :]
+  sums = (corners[bottom + right] - corners[top + right] - corners[bottom + left]
+          + corners[top + left])
+  return _window_means(sums, (r0[:, :, None], r1[:, :, None]), (left, right))
 
 
 def area_resize(table, index, rows, cols):
-  """torch.nn.functional.interpolate(mode='area') from summed-area tables, bit for bit: exact
-  window sums, divided by the window height and then its width in float32, as torch does.
+  """torch.nn.functional.interpolate(mode='area') from summed-area tables, bit for bit.
 
   table[index] are the images; rows/cols are (start, end) windows from `area_windows`, either
   (m,) for all images or (K, m) for one crop per index. Returns float32 (K, rows, cols, 3).
   """
-  (r0, r1), (c0, c1) = rows, cols
-  index = np.asarray(index)
-  if r0.ndim == 1:  # Shared windows: gather rows, then columns (cheaper than all at once).
-    band = table[index][:, r1] - table[index][:, r0]
-    sums = band[:, :, c1] - band[:, :, c0]
-    r0, r1, c0, c1 = r0[None, :, None], r1[None, :, None], c0[None, None], c1[None, None]
-  else:  # One index into the flattened table per corner: 1.2-1.3x faster than three arrays.
-    _, height, width, channels = table.shape
-    corners = table.reshape(-1, channels)
-    top, bottom = ((index.astype(np.int64)[:, None, None] * height + r[:, :, None]) * width
-                   for r in (r0, r1))
-    left, right = c0[:, None, :], c1[:, None, :]
-    sums = (corners[bottom + right] - corners[top + right] - corners[bottom + left]
-            + corners[top + left])
-    r0, r1, c0, c1 = r0[:, :, None], r1[:, :, None], left, right
-  return (sums.astype(np.float32) / (r1 - r0)[..., None].astype(np.float32)
-          / (c1 - c0)[..., None].astype(np.float32))
+  index = jnp.asarray(index)
+  if rows[0].ndim == 1:
+    return _shared_area_resize(table[index], rows, cols)
+  return _crop_area_resize(table.reshape(-1, table.shape[-1]), *table.shape[1:3], index, rows,
+                           cols)
 
 
 def normalize(pixels):
@@ -138,25 +147,24 @@ def normalize(pixels):
 
 def nms(boxes, scores, threshold):
   """torchvision.ops.nms on CPU: indices kept, highest score first (stable sort, so ties keep
-  input order); a box goes when its IoU (areas without +1) with a kept one is > threshold."""
-  x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
-  areas = (x2 - x1) * (y2 - y1)
-  order = np.argsort(-scores, kind='stable')
-  keep = []
-  while order.size:
-    i, order = order[0], order[1:]
-    keep.append(i)
-    w = np.maximum(np.float32(0), np.minimum(x2[i], x2[order]) - np.maximum(x1[i], x1[order]))
-    h = np.maximum(np.float32(0), np.minimum(y2[i], y2[order]) - np.maximum(y1[i], y1[order]))
-    inter = w * h
-    iou = inter / (areas[i] + areas[order] - inter)
-    order = order[~(iou.astype(np.float64) > threshold)]  # torchvision compares in double.
-  return np.array(keep, np.int64)
+  input order); the device NMS the cascade runs."""
+  scores = np.asarray(scores)
+  kept = np.flatnonzero(_nms_keep(jnp.asarray(boxes), jnp.asarray(scores), threshold))
+  return kept[np.argsort(-scores[kept], kind='stable')]
+
+
+@functools.partial(jax.jit, static_argnames='threshold')
+def _nms_keep(boxes, scores, threshold):
+  suppresses = boxes_lib.overlapping(boxes_lib.iou(boxes), threshold,
+                                     boxes_lib.precedes(-scores))
+  return boxes_lib.greedy_keep(suppresses, jnp.ones(scores.shape, bool))
 
 
 def nms_min(boxes, scores, threshold):
   """facenet-pytorch's nms_numpy(method='Min'), O-Net's last step: areas with +1, overlap over
   the smaller box, kept while <= threshold; numpy's own argsort, so ties break as there."""
+  if len(scores) < 2:
+    return np.arange(len(scores))
   x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
   area = (x2 - x1 + 1) * (y2 - y1 + 1)
   order = np.argsort(scores)
@@ -170,73 +178,37 @@ def nms_min(boxes, scores, threshold):
   return np.array(pick, np.int64)
 
 
-def bbreg(boxes, reg):
-  """Applies R-/O-Net box regression (offsets in units of the box size, +1 as MATLAB)."""
-  w = boxes[:, 2] - boxes[:, 0] + 1
-  h = boxes[:, 3] - boxes[:, 1] + 1
-  out = boxes.copy()
-  out[:, :4] = boxes[:, :4] + reg * np.stack([w, h, w, h], axis=1)
-  return out
+class _Levels(NamedTuple):
+  """P-Net's levels for images of one size, padded to a size bucket; arrays on the device."""
+  shape: tuple  # (H, W) the images are padded to.
+  plan: tuple  # Per level (scale, h, w) of the padded level: static, what gets compiled.
+  sizes: jax.Array  # int32 (L, 2): each level's true (h, w); 0 past the image's own levels.
+  # int32 (L, 2, 2, M): per level, the (start, end) windows of `area_windows` onto its rows and
+  # its columns, padded with windows that read a pixel P-Net ignores.
+  windows: jax.Array
+  grid: jax.Array  # float32 (N, 4): x, y, scale, level of each P-Net cell, as _pnet_stage's.
 
 
-def rerec(boxes):
-  """Squares boxes around their centre on the longer side."""
-  h = boxes[:, 3] - boxes[:, 1]
-  w = boxes[:, 2] - boxes[:, 0]
-  side = np.maximum(w, h)
-  out = boxes.copy()
-  out[:, 0] = boxes[:, 0] + w * np.float32(0.5) - side * np.float32(0.5)
-  out[:, 1] = boxes[:, 1] + h * np.float32(0.5) - side * np.float32(0.5)
-  out[:, 2:4] = out[:, :2] + side[:, None]
-  return out
+@functools.lru_cache(maxsize=64)
+def _levels(height, width, min_face_size, factor):
+  """The levels of detect_face's pyramid (level sizes in Python floats, as there)."""
+  shape = (pyramid.bucket(height, 8, 12), pyramid.bucket(width, 8, 12))
+  scales = pyramid.scales(*shape, min_face_size, factor)
+  plan = tuple((s, int(shape[0] * s + 1), int(shape[1] * s + 1)) for s in scales)
+  own = pyramid.scales(height, width, min_face_size, factor)
+  sizes = [(int(height * s + 1), int(width * s + 1)) for s in own]
+  sizes += [(0, 0)] * (len(plan) - len(own))
+  windows = np.zeros((len(plan), 2, 2, max((max(p[1:]) for p in plan), default=1)), np.int32)
+  windows[:, :, 1] = 1
+  for level, sides in enumerate(sizes):
+    for axis, (side, level_side) in enumerate(zip((height, width), sides)):
+      windows[level, axis, :, :level_side] = area_windows(side, level_side)
+  return _Levels(shape, plan, *jax.device_put(
+      (np.int32(sizes).reshape(-1, 2), windows, pyramid.cell_grid(plan))))
 
 
-def pad(boxes, width, height):
-  """detect_face's crop bounds: 1-based (y, ey, x, ex), truncated and clipped to the image."""
-  b = np.trunc(boxes[:, :4]).astype(np.int32)
-  return (np.maximum(b[:, 1], 1), np.minimum(b[:, 3], height),
-          np.maximum(b[:, 0], 1), np.minimum(b[:, 2], width))
-
-
-def _per_image(image, num_images):
-  """Slices of each image's rows in arrays sorted by image."""
-  bounds = np.searchsorted(image, np.arange(num_images + 1))
-  return [slice(bounds[i], bounds[i + 1]) for i in range(num_images)]
-
-
-def pnet_cells(size):
-  """P-Net's output cells along an input side of `size` px (conv 3, ceil-mode pool 2, conv 3,
-  conv 3)."""
-  return -(-(size - 2) // 2) - 4
-
-
-def _size_bucket(n):
-  """Rounds a P-Net input side up to one of 8 sizes per octave (at most 1/8 more), so levels
-  of any photo share a bounded set of compiled shapes."""
-  step = max(4, 1 << max(0, n.bit_length() - 4))
-  return -(-n // step) * step
-
-
-def _batches(total, largest, smallest=1):
-  """(start, count, padded count) per network call: calls of `largest` (a power of two), then
-  the rest in decreasing powers of two, the last padded up to `smallest`. Only powers of two
-  get compiled, and little is padded."""
-  calls = [(start, largest, largest) for start in range(0, total - largest + 1, largest)]
-  start = len(calls) * largest
-  for bit in reversed(range((total - start).bit_length())):
-    count = 1 << bit
-    if start == total:
-      break
-    if count < smallest:
-      calls.append((start, total - start, smallest))
-      break
-    if (total - start) & count:
-      calls.append((start, count, count))
-      start += count
-  return calls
-
-
-# --- Jitted networks: params are an argument, so one compile serves every Detector. ---
+# --- The cascade on the device: params are an argument, so one compile serves every Detector.
+# Each stage keeps a fixed number of box slots per image, those in use first. ---
 
 @jax.jit
 def _pnet(params, images, valid):
@@ -244,16 +216,138 @@ def _pnet(params, images, valid):
   return prob[..., 1], reg
 
 
-@jax.jit
-def _rnet(params, crops):
-  reg, prob = mtcnn.RNet().apply({'params': params}, crops)
-  return prob[:, 1], reg
+def _padded(x, axis, size, value=0):
+  """x padded with `value` to `size` along `axis`."""
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, constant_values=value)
 
 
-@jax.jit
-def _onet(params, crops):
-  reg, points, prob = mtcnn.ONet().apply({'params': params}, crops)
-  return prob[:, 1], reg, points
+def _on_cpu():
+  """Whether XLA runs on the CPU, where batches that stay in cache go faster."""
+  return jax.default_backend() == 'cpu'
+
+
+def _in_groups(f, size, *xs):
+  """f(*xs) on xs (B, ...) in groups of `size` images (a power of two), one after another."""
+  if size >= len(xs[0]):
+    return f(*xs)
+  out = lax.map(lambda group: f(*group), [x.reshape(-1, size, *x.shape[1:]) for x in xs])
+  return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), out)
+
+
+@functools.partial(jax.jit, static_argnames='plan')
+def _pnet_stage(params, images, num_real, sizes, windows, threshold, plan):
+  """Stage 1a: the pyramid's levels of the first num_real images, P-Net on each. Returns their
+  summed-area tables, flattened to (T, 3) (the crops are cut from them later); each image's
+  P-Net cells of all levels in a row, (B, N, 5): face probability (-1 outside the image and
+  its levels) and regression; and how many pass the threshold."""
+  table = summed_area(images)
+  num = images.shape[0]
+  real = jnp.arange(num) < num_real
+  cells = []
+  for (_, h, w), size, window in zip(plan, sizes, windows):
+    level = normalize(_shared_area_resize(table, window[0, :, :h], window[1, :, :w]))
+    group = 1 << (max(1, CPU_PNET_PIXELS // (h * w)).bit_length() - 1) if _on_cpu() else num
+    prob, reg = _in_groups(functools.partial(_pnet, params), group, level,
+                           jnp.broadcast_to(size, (num, 2)))
+    rows, cols = (jnp.arange(n) < pyramid.pnet_cells(s)
+                  for n, s in zip(prob.shape[1:], size))
+    prob = jnp.where(rows[:, None] & cols & real[:, None, None], prob, -1.0)
+    cells.append(jnp.concatenate([prob[..., None], reg], axis=-1).reshape(num, -1, 5))
+  cells = jnp.concatenate(cells, axis=1)
+  cells = _padded(cells, 1, pyramid.bucket(cells.shape[1], 1), -1.0)
+  corners = table.reshape(-1, 3)
+  return (_padded(corners, 0, pyramid.bucket(len(corners), 1)), cells,
+          (cells[..., 0] >= threshold).sum(1))
+
+
+@functools.partial(jax.jit, static_argnames='slots')
+def _propose(cells, grid, threshold, slots):
+  """Stage 1b: the passing cells as boxes, NMS per image and level (IoU 0.5), then per image
+  over all levels (IoU 0.7), regressed, squared. Returns (B, slots, 5): x1, y1, x2, y2, score,
+  those kept first in the cells' order; and their counts."""
+  index, count = boxes_lib.first(cells[..., 0] >= threshold, slots)
+  cells, (x, y, scale, level) = boxes_lib.take(cells, index), jnp.moveaxis(grid[index], -1, 0)
+  xy = jnp.stack([x, y], axis=-1)
+  box = jnp.floor(boxes_lib.quotient(jnp.concatenate([2 * xy + 1, 2 * xy + 12], axis=-1),
+                                     scale[..., None]))
+  score, reg = cells[..., 0], cells[..., 1:]
+  # Slots are in the cells' order, by level. facenet-pytorch takes each level by descending
+  # score, ties in cell order, and then what the levels kept by descending score, ties in
+  # level order: both are -score's order, ties in slot order.
+  iou, before = boxes_lib.iou(box), boxes_lib.precedes(-score)
+  keep = boxes_lib.greedy_keep(boxes_lib.overlapping(iou, 0.5, before)
+                               & (level[..., :, None] == level[..., None, :]),
+                               boxes_lib.in_use(count, slots))
+  keep = boxes_lib.greedy_keep(boxes_lib.overlapping(iou, 0.7, before), keep)
+  count, (box, score, reg) = boxes_lib.compact(keep, box, score, reg)
+  box = boxes_lib.rerec(boxes_lib.regress(box, reg, 0))
+  return jnp.concatenate([box, score[..., None]], axis=-1), count
+
+
+def _through_network(net, params, corners, frame, found, count, crops):
+  """`net` on the crops of each image's boxes in use, area-resized and normalised as
+  detect_face does, all images' crops in batches of up to `crops`. frame: the images' (height,
+  width) and their tables'. Returns its outputs side by side in the boxes' slots, (B, K, F),
+  and which slots had a crop."""
+  num, slots = found.shape[:2]
+  y, ey, x, ex = boxes_lib.crop_bounds(found[..., :4], frame[0], frame[1])
+  # detect_face skips empty crops (boxes wholly outside the image) but keeps their boxes,
+  # which misaligns boxes and scores; such boxes are dropped here.
+  ok = boxes_lib.in_use(count, slots) & (ey > y) & (ex > x)
+  (index,), (total,) = boxes_lib.first(ok.reshape(1, -1), crops)
+  used = jnp.arange(crops) < total
+  # Unused crops read one pixel: no division by zero.
+  y, x, h, w = (jnp.where(used, a.reshape(-1)[index], unused)
+                for a, unused in ((y, 0), (x, 0), (ey - y, 1), (ex - x, 1)))
+  module, px = mtcnn.NETWORKS[net]
+
+  def run(crop):
+    pixels = _crop_area_resize(corners, frame[2], frame[3], index[crop] // slots,
+                               area_windows(h[crop], px, y[crop]),
+                               area_windows(w[crop], px, x[crop]))
+    return jnp.concatenate(module().apply({'params': params}, normalize(pixels)), axis=-1)
+  # Only the batches that hold crops run, so little beyond the crops is computed.
+  batch = min(crops, CPU_CROPS[net]) if _on_cpu() else crops
+  width = jax.eval_shape(run, jnp.zeros(batch, jnp.int32)).shape[-1]
+  out = lax.fori_loop(0, -(-total // batch), lambda i, out: lax.dynamic_update_slice(
+      out, run(i * batch + jnp.arange(batch)), (i * batch, 0)), jnp.zeros((crops, width)))
+  target = jnp.where(used, index, num * slots)  # Unused crops are dropped.
+  return (jnp.zeros((num * slots, width)).at[target].set(out, mode='drop')
+          .reshape(num, slots, width)), ok
+
+
+@functools.partial(jax.jit, static_argnames='crops')
+def _rnet_stage(params, corners, frame, found, count, threshold, crops):
+  """Stage 2: R-Net keeps probable faces; NMS per image (IoU 0.7), regression, squared. Returns
+  (B, K, 6): box, R-Net's probability, P-Net's; and the counts."""
+  out, ok = _through_network('rnet', params, corners, frame, found, count, crops)
+  reg, prob, box, score = out[..., :4], out[..., 5], found[..., :4], found[..., 4]
+  # facenet-pytorch's order here: R-Net's probability descending, ties in stage 1's order.
+  suppresses = boxes_lib.overlapping(boxes_lib.iou(box), 0.7,
+                                     boxes_lib.precedes(-prob, -score))
+  count, (box, prob, score, reg) = boxes_lib.compact(
+      boxes_lib.greedy_keep(suppresses, ok & (prob > threshold)), box, prob, score, reg)
+  box = boxes_lib.rerec(boxes_lib.regress(box, reg, 1))
+  return jnp.concatenate([box, prob[..., None], score[..., None]], axis=-1), count
+
+
+@functools.partial(jax.jit, static_argnames='crops')
+def _onet_stage(params, corners, frame, found, count, threshold, crops):
+  """Stage 3: O-Net keeps faces and places landmarks; regression. Returns (B, K, 17): box,
+  O-Net's probability, 5 landmarks (x, y), R-Net's and P-Net's probabilities; the counts."""
+  out, ok = _through_network('onet', params, corners, frame, found, count, crops)
+  reg, points, prob, box = out[..., :4], out[..., 4:14], out[..., 15], found[..., :4]
+  # Landmarks are relative to the box O-Net saw, before its regression.
+  w = (box[..., 2] - box[..., 0] + 1)[..., None]
+  h = (box[..., 3] - box[..., 1] + 1)[..., None]
+  landmarks = jnp.stack([boxes_lib.product(w, points[..., :5]) + box[..., 0:1] - 1,
+                         boxes_lib.product(h, points[..., 5:]) + box[..., 1:2] - 1], axis=-1)
+  out = jnp.concatenate([boxes_lib.regress(box, reg, 1), prob[..., None],
+                         landmarks.reshape(*prob.shape, 10), found[..., 4:6]], axis=-1)
+  count, (out,) = boxes_lib.compact(ok & (prob > threshold), out)
+  return out, count
 
 
 class Detector:
@@ -284,7 +378,9 @@ class Detector:
       groups.setdefault(image.shape, []).append(i)
     faces = [no_faces()] * len(images)
     for (height, width, _), indices in groups.items():
-      per_call = int(min(256, max(1, MAX_PYRAMID_PIXELS // (height * width))))
+      # A power of two per call, so full calls and the last one share compiled shapes.
+      fits = min(256, max(1, MAX_PYRAMID_PIXELS // (height * width)))
+      per_call = 1 << (fits.bit_length() - 1)
       for start in range(0, len(indices), per_call):
         chunk = indices[start:start + per_call]
         found = self._detect_same_size(np.stack([np.asarray(images[i]) for i in chunk]))
@@ -292,153 +388,55 @@ class Detector:
           faces[i] = f
     return faces
 
-  def _detect_same_size(self, images):
-    num, height, width = images.shape[:3]
-    table = summed_area(images)
-    image, boxes = self._propose(table, height, width)
-    image, boxes = self._refine(table, image, boxes, height, width)
-    return self._output(table, image, boxes, height, width, num)
-
   def _pnet_level(self, level):
-    """P-Net on a (B, h, w, 3) level: (prob (B, h', w'), reg (B, h', w', 4)); see
-    `_dispatch_pnet`."""
-    return self._dispatch_pnet(level)()
-
-  def _dispatch_pnet(self, level):
-    """Starts P-Net on a (B, h, w, 3) level; returns a function that waits for its result,
-    (prob (B, h', w'), reg (B, h', w', 4)).
-
-    A side longer than a tile is cut into tiles of PNET_TILE cells (2 * PNET_TILE + 10 px, the
-    window of that many cells); a shorter one is padded to a size bucket. Tiles and images are
-    one batch, each with its true size for P-Net's mask.
-    """
+    """P-Net on a (B, h, w, 3) level padded as the cascade pads images: (prob (B, h', w'), reg
+    (B, h', w', 4))."""
     num, h, w = level.shape[:3]
-    step, tile = 2 * PNET_TILE, 2 * PNET_TILE + 10
-    tiles, sides = [], []
-    for n in (h, w):
-      count = 1 if n <= tile else -(-pnet_cells(n) // PNET_TILE)
-      tiles.append(count)
-      sides.append(min(_size_bucket(n), tile) if count == 1 else tile)
-    (ty, tx), (th, tw) = tiles, sides
-    padded = np.zeros((num, (ty - 1) * step + th, (tx - 1) * step + tw, 3), np.float32)
+    padded = np.zeros((num, pyramid.bucket(h, 8, 12), pyramid.bucket(w, 8, 12), 3), np.float32)
     padded[:, :h, :w] = level
-    inputs = np.stack([padded[:, i * step:i * step + th, j * step:j * step + tw]
-                       for i in range(ty) for j in range(tx)], axis=1).reshape(-1, th, tw, 3)
-    valid = np.tile([[min(th, h - i * step), min(tw, w - j * step)]
-                     for i in range(ty) for j in range(tx)], (num, 1)).astype(np.int32)
-    largest = 1 << max(0, (PNET_CALL_PIXELS // (th * tw)).bit_length() - 1)
-    outs = [_pnet(self.params['pnet'], inputs[start:start + n], valid[start:start + n])
-            for start, n, _ in _batches(len(inputs), largest)]
+    prob, reg = _pnet(self.params['pnet'], padded, np.tile(np.int32([h, w]), (num, 1)))
+    cells = (slice(None), slice(pyramid.pnet_cells(h)), slice(pyramid.pnet_cells(w)))
+    return prob[cells], reg[cells]
 
-    def result():
-      ch, cw = pnet_cells(th), pnet_cells(tw)
-      prob, reg = (np.concatenate([np.asarray(o[k]) for o in outs]) for k in (0, 1))
-      prob = prob.reshape(num, ty, tx, ch, cw).transpose(0, 1, 3, 2, 4)
-      reg = reg.reshape(num, ty, tx, ch, cw, 4).transpose(0, 1, 3, 2, 4, 5)
-      oh, ow = pnet_cells(h), pnet_cells(w)
-      return (prob.reshape(num, ty * ch, tx * cw)[:, :oh, :ow],
-              reg.reshape(num, ty * ch, tx * cw, 4)[:, :oh, :ow])
-    return result
+  def _detect_same_size(self, images):
+    """The cascade on images of one size. Between stages the host reads the counts, to size the
+    next stage: slots per image and crops per batch, in powers of two."""
+    num, height, width = images.shape[:3]
+    levels = _levels(height, width, self.min_face_size, self.factor)
+    nothing = [no_faces() for _ in range(num)]
+    if not levels.plan:
+      return nothing
+    batch = np.zeros((pyramid.bucket(num, 1), *levels.shape, 3), np.uint8)
+    batch[:num, :height, :width] = images
+    thresholds = np.float32(self.thresholds)
+    corners, cells, count = _pnet_stage(self.params['pnet'], batch, num, levels.sizes,
+                                        levels.windows, thresholds[0], levels.plan)
+    count = np.asarray(count)
+    if not count.any():
+      return nothing
+    found, count = _propose(cells, levels.grid, thresholds[0],
+                            pyramid.bucket(int(count.max()), 1, 64))
+    frame = np.int32([height, width, levels.shape[0] + 1, levels.shape[1] + 1])
+    for stage, net, threshold, smallest in ((_rnet_stage, 'rnet', thresholds[1], 16),
+                                            (_onet_stage, 'onet', thresholds[2], 8)):
+      found, count = np.asarray(found), np.asarray(count)
+      if not count.any():
+        return nothing
+      slots = pyramid.bucket(int(count.max()), 1, smallest)
+      found, count = stage(self.params[net], corners, frame, found[:, :slots], count, threshold,
+                           pyramid.bucket(int(count.sum()), 1, smallest))
+    found, count = np.asarray(found), np.asarray(count)
+    return [_faces(f[:n]) for f, n in zip(found[:num], count[:num])]
 
-  def _propose(self, table, height, width):
-    """Stage 1: P-Net candidates per image, NMS per scale and over scales, regressed, squared.
 
-    Returns (image index (n,), boxes (n, 5): x1, y1, x2, y2, score), sorted by image.
-    """
-    num = table.shape[0]
-    scales = pyramid_scales(height, width, self.min_face_size, self.factor)
-    # All levels start before any is read: XLA runs one while numpy resizes the next.
-    pending = []
-    for scale in scales:
-      h, w = int(height * scale + 1), int(width * scale + 1)
-      pending.append(self._dispatch_pnet(normalize(area_resize(
-          table, np.arange(num), area_windows(height, h), area_windows(width, w)))))
-    found = [[] for _ in range(num)]
-    for scale, result in zip(scales, pending):
-      prob, reg = result()
-      image, y, x = np.nonzero(prob >= np.float32(self.thresholds[0]))
-      cell = np.stack([x, y], axis=1).astype(np.float32)
-      scale32 = np.float32(scale)
-      candidates = np.concatenate([
-          np.floor((2 * cell + 1) / scale32), np.floor((2 * cell + 12) / scale32),
-          prob[image, y, x][:, None], reg[image, y, x]], axis=1)
-      for i, rows in enumerate(_per_image(image, num)):
-        if rows.stop > rows.start:
-          c = candidates[rows]
-          found[i].append(c[nms(c[:, :4], c[:, 4], 0.5)])
-    images, boxes = [], []
-    for i, per_scale in enumerate(found):
-      if not per_scale:
-        continue
-      c = np.concatenate(per_scale)
-      c = c[nms(c[:, :4], c[:, 4], 0.7)]
-      w, h = c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]
-      regressed = c[:, :4] + c[:, 5:9] * np.stack([w, h, w, h], axis=1)
-      boxes.append(rerec(np.concatenate([regressed, c[:, 4:5]], axis=1)))
-      images.append(np.full(len(c), i))
-    if not boxes:
-      return np.zeros((0,), np.int64), np.zeros((0, 5), np.float32)
-    return np.concatenate(images), np.concatenate(boxes)
-
-  def _crops(self, table, image, boxes, height, width, net):
-    """The boxes' crops for `net`, resized (area) and normalised as detect_face does, one
-    network call at a time: (kept mask, iterator of (count, crops padded to a power of two))."""
-    size = mtcnn.NETWORKS[net][1]
-    y, ey, x, ex = pad(boxes, width, height)
-    # detect_face skips empty crops (boxes wholly outside the image) but keeps their boxes,
-    # which misaligns boxes and scores; such boxes are dropped here.
-    ok = (ey > y - 1) & (ex > x - 1)
-    image, y, ey, x, ex = image[ok], y[ok] - 1, ey[ok], x[ok] - 1, ex[ok]
-
-    def calls():
-      for start, count, padded in _batches(len(image), CROP_BATCH[net], smallest=8):
-        s = slice(start, start + count)
-        crops = normalize(area_resize(table, image[s], area_windows(ey[s] - y[s], size, y[s]),
-                                      area_windows(ex[s] - x[s], size, x[s])))
-        yield count, np.pad(crops, ((0, padded - count), (0, 0), (0, 0), (0, 0)))
-    return ok, calls()
-
-  def _refine(self, table, image, boxes, height, width):
-    """Stage 2: R-Net keeps probable faces; NMS per image, regression, squared."""
-    ok, chunks = self._crops(table, image, boxes, height, width, 'rnet')
-    image, boxes = image[ok], boxes[ok]
-    # Dispatch every call before reading one: XLA runs a call while numpy makes the next crops.
-    outs = [(n, _rnet(self.params['rnet'], crops)) for n, crops in chunks]
-    if not outs:
-      return image, boxes
-    prob, reg = (np.concatenate([np.asarray(o[k])[:n] for n, o in outs]) for k in (0, 1))
-    passed = prob > np.float32(self.thresholds[1])
-    image, reg = image[passed], reg[passed]
-    boxes = np.concatenate([boxes[passed, :4], prob[passed, None]], axis=1)
-    keep = np.concatenate([rows.start + nms(boxes[rows, :4], boxes[rows, 4], 0.7)
-                           for rows in _per_image(image, table.shape[0])] + [[]]).astype(int)
-    return image[keep], rerec(bbreg(boxes[keep], reg[keep]))
-
-  def _output(self, table, image, boxes, height, width, num):
-    """Stage 3: O-Net keeps faces and places landmarks; regression, 'Min' NMS per image."""
-    ok, chunks = self._crops(table, image, boxes, height, width, 'onet')
-    image, boxes = image[ok], boxes[ok]
-    outs = [(n, _onet(self.params['onet'], crops)) for n, crops in chunks]
-    if not outs:
-      return [no_faces() for _ in range(num)]
-    prob, reg, points = (np.concatenate([np.asarray(o[k])[:n] for n, o in outs])
-                         for k in (0, 1, 2))
-    passed = prob > np.float32(self.thresholds[2])
-    image, reg, points = image[passed], reg[passed], points[passed]
-    boxes = np.concatenate([boxes[passed, :4], prob[passed, None]], axis=1)
-    # Landmarks are relative to the box O-Net saw, before its regression.
-    w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-    h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-    landmarks = np.stack([w * points[:, :5] + boxes[:, 0:1] - 1,
-                          h * points[:, 5:] + boxes[:, 1:2] - 1], axis=-1)
-    boxes = bbreg(boxes, reg)
-    faces = []
-    for rows in _per_image(image, num):
-      b, l = boxes[rows], landmarks[rows]
-      keep = nms_min(b[:, :4], b[:, 4], 0.7)
-      keep = keep[np.argsort(-b[keep, 4], kind='stable')]  # Already so; ties stay in NMS order.
-      faces.append(Faces(b[keep, :4], b[keep, 4], l[keep]))
-    return faces
+def _faces(found):
+  """An image's Faces from O-Net's boxes (rows of _onet_stage): in facenet-pytorch's order
+  (R-Net's probability, then P-Net's, descending), 'Min' NMS, best first."""
+  found = found[np.lexsort((np.arange(len(found)), -found[:, 16], -found[:, 15]))]
+  box, score = found[:, :4], found[:, 4]
+  keep = nms_min(box, score, 0.7)
+  keep = keep[np.argsort(-score[keep], kind='stable')]  # Already so; ties stay in NMS order.
+  return Faces(box[keep], score[keep], found[keep, 5:15].reshape(-1, 5, 2))
 
 
 def load_detector(weights_dir, **options):
