@@ -222,6 +222,7 @@ def test_conversion_is_tfjs_decoding_bit_for_bit(weights):  # pylint: disable=re
          for name, value in traverse_util.flatten_dict(params, sep='/').items()}
   assert got == REFERENCE['weights_sha256']
   assert metadata['file_sha256'] == REFERENCE['model_sha256']
+  assert metadata['weights_sha256'] == REFERENCE['model_sha256'][face_resnet_convert.SHARD]
   assert metadata['tarball_sha256'] == face_resnet_convert.TARBALL_SHA256
   assert metadata['param_count'] == 5_614_592 and metadata['version'] == '1.7.15'
   assert metadata['input']['mean_rgb'] == [122.782, 117.001, 104.298]
@@ -260,6 +261,9 @@ def test_model_dir_gives_the_tarballs_params(tarball, weights, tmp_path):  # pyl
           for w in (weights, tmp_path / 'w'))
   assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
   assert metadata['file_sha256'] == REFERENCE['model_sha256']
+  # Both routes record the same sha256 for the run's record: the weights are the same.
+  assert (weights_folder.source_sha256(metadata) ==
+          weights_folder.source_sha256(face_resnet.load_params(weights)[1]))
 
 
 def test_convert_refuses_to_replace_other_files(tmp_path):

@@ -3,7 +3,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gender_jax.models import face_resnet
 from gender_jax.models import preprocessing
 
 # One RGB pixel (R, G, B) = (10, 20, 30): the Caffe-style names reorder to BGR (30, 20, 10) and
@@ -39,9 +38,3 @@ def test_unknown_name_fails():
   with pytest.raises(ValueError, match='Unknown preprocessing'):
     preprocessing.preprocess(PIXEL, 'imagenet_torch')
 
-
-def test_face_api_is_the_face_resnets_own_normalisation():
-  # On jax arrays, as inside the jitted model (numpy's division rounds 1 ulp otherwise).
-  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), np.uint8))
-  np.testing.assert_array_equal(preprocessing.preprocess(images, 'face_api'),
-                                face_resnet.preprocess(images))

@@ -248,8 +248,8 @@ def vggface_runs(synthetic_faces, converted_weights, tmp_path_factory):
 def test_pretrained_run_records_its_converted_weights(vggface_runs, converted_weights):
   _, results = vggface_runs[True]
   metadata = json.loads((converted_weights['vggface'] / 'metadata.json').read_text())
-  assert results['weights'] == {'source': 'vggface', 'h5_sha256': metadata['h5_sha256'],
-                                'sha256': metadata['h5_sha256'], 'random_base': False}
+  assert results['weights'] == {'source': 'vggface', 'sha256': metadata['h5_sha256'],
+                                'random_base': False}
   assert results['params']['trainable'] < results['params']['total']
 
 
@@ -284,8 +284,7 @@ def test_finetuned_blocks_train_and_the_rest_stays_frozen(synthetic_faces, tmp_p
                        num_test=8)
   workdir = tmp_path / 'run'
   results = train.train_and_evaluate(config, str(workdir))
-  assert results['weights'] == {'source': 'imagenet', 'h5_sha256': None, 'sha256': None,
-                                'random_base': True}
+  assert results['weights'] == {'source': 'imagenet', 'sha256': None, 'random_base': True}
   initial = networks.initial_variables(
       networks.create_model(config, 'caffe_imagenet'), config,
       jax.random.split(jax.random.PRNGKey(config.seed))[0])['params']['base']
@@ -301,7 +300,7 @@ def test_pretrained_model_without_weights_says_how_to_get_them(synthetic_faces, 
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-FACE_RESNET_TARBALL_SHA256 = 'cd' * 32
+FACE_RESNET_SHARD_SHA256 = 'cd' * 32
 
 
 @pytest.fixture(scope='module')
@@ -311,7 +310,7 @@ def face_resnet_weights(tmp_path_factory):
   params = face_resnet.FaceResNet().init(jax.random.PRNGKey(0), np.zeros((1, 72, 72, 3)))
   convert.write(out, jax.device_get(params['params']),
                 {'source': 'face_resnet', 'architecture': 'face_resnet',
-                 'preprocessing': 'face_api', 'tarball_sha256': FACE_RESNET_TARBALL_SHA256})
+                 'preprocessing': 'face_api', 'weights_sha256': FACE_RESNET_SHARD_SHA256})
   return out
 
 
@@ -334,21 +333,21 @@ def face_resnet_runs(synthetic_faces, face_resnet_weights, tmp_path_factory):
 
 
 def test_a_run_is_refused_weights_from_another_source_file(face_resnet_runs):
-  # face_resnet has no h5 file: the npm tarball's sha256 tells its weights apart.
+  # face_resnet has no h5 file: its weights shard's sha256 tells its weights apart.
   workdir, results = face_resnet_runs[FACE_RESNET_RUNS[0]]
   config = ml_collections.ConfigDict(results['config'])
   metadata = json.loads((workdir / run_dir.WEIGHTS_METADATA).read_text())
   run_dir.check_experiment(str(workdir), config, metadata)  # The same weights: accepted.
   with pytest.raises(run_dir.ExperimentMismatchError, match='weights .sha256 of their source'):
-    run_dir.check_experiment(str(workdir), config, {**metadata, 'tarball_sha256': 'ef' * 32})
+    run_dir.check_experiment(str(workdir), config, {**metadata, 'weights_sha256': 'ef' * 32})
 
 
 @pytest.mark.parametrize('features, cache', FACE_RESNET_RUNS)
 def test_frozen_face_resnet_base_stays_bit_identical_and_only_the_head_trains(
     face_resnet_runs, face_resnet_weights, features, cache):
   workdir, results = face_resnet_runs[features, cache]
-  assert results['weights'] == {'source': 'face_resnet', 'h5_sha256': None,
-                                'sha256': FACE_RESNET_TARBALL_SHA256, 'random_base': False}
+  assert results['weights'] == {'source': 'face_resnet', 'sha256': FACE_RESNET_SHARD_SHA256,
+                                'random_base': False}
   converted, _ = face_resnet.load_params(face_resnet_weights)
   final = restore_latest(workdir)
   assert jax.tree.structure(converted) == jax.tree.structure(final['base'])

@@ -534,6 +534,14 @@ def test_load_of_an_incomplete_folder_is_missing_weights(part, vggface_dir, tmp_
     pretrained.load(folder, 'vggface')
 
 
+def test_load_of_a_metadata_json_of_no_object_is_missing_weights(vggface_dir, tmp_path):
+  folder = tmp_path / 'w'
+  shutil.copytree(vggface_dir, folder)
+  (folder / 'metadata.json').write_text('"vggface"')
+  with pytest.raises(weights_folder.MissingWeightsError, match='holds no JSON object'):
+    pretrained.load(folder, 'vggface')
+
+
 def test_load_of_damaged_params_is_missing_weights(vggface_dir, tmp_path):
   folder = tmp_path / 'w'
   shutil.copytree(vggface_dir, folder)

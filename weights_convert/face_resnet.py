@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 
 from gender_jax.models import face_resnet
+from gender_jax.models import pretrained
 from weights_convert import convert
 
 PACKAGE = '@vladmandic/face-api'
@@ -29,11 +30,11 @@ TARBALL_FILE = 'vladmandic-face-api-1.7.15.tgz'  # The name `npm pack` gives it.
 TARBALL_SHA256 = '0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031'
 TARBALL_DIR = 'package/model/'
 MANIFEST = 'face_recognition_model-weights_manifest.json'
+SHARD = 'face_recognition_model.bin'  # The weights themselves.
 # face-api 1.7.15's files; the weights were checked against face-api with these.
 FILE_SHA256 = {
     MANIFEST: 'cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b',
-    'face_recognition_model.bin':
-        'b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589',
+    SHARD: 'b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589',
 }
 # As the authors state them: face-api's LICENSE and package.json; dlib-models' README (the
 # network is dlib's, trained by Davis King, as face-api's TUTORIAL.md says).
@@ -233,8 +234,9 @@ def convert_face_resnet(out_dir, tarball=None, model_dir=None, sha256=None, over
           f'{face_resnet.CONVERT_COMMAND.format("DIR")}')
   metadata.update(
       file_sha256=digests,
+      weights_sha256=digests[SHARD],  # What tells these weights apart, the same on every route.
       license=LICENSE,
-      preprocessing='face_api',
+      preprocessing=pretrained.PREPROCESSING_OF_SOURCE['face_resnet'],
       input={'size': [face_resnet.INPUT_SIZE] * 2, 'channels': 'RGB',
              'mean_rgb': list(face_resnet.MEAN_RGB), 'scaling': '(x - mean_rgb) / 255',
              'resize': 'face-api pads to a square (zeros, centred) and resizes bilinearly'},

@@ -33,11 +33,14 @@ BLOCKS = (('conv32_1', 32, False), ('conv32_2', 32, False), ('conv32_3', 32, Fal
           ('conv128_down', 128, True), ('conv128_1', 128, False), ('conv128_2', 128, False),
           ('conv256_down', 256, True), ('conv256_1', 256, False), ('conv256_2', 256, False),
           ('conv256_down_out', 256, True))
+# Its parts as config.finetune_blocks names them: each width's layers (a layer's name up to its
+# first '_'), then the descriptor's projection.
+BLOCK_NAMES = (*dict.fromkeys(name.split('_')[0] for name, _, _ in BLOCKS), 'fc')
 
 
 def preprocess(images):
   """RGB images (uint8 or float, 0..255, channels last) -> the network's input, as face-api."""
-  return (jnp.asarray(images).astype(jnp.float32) - jnp.asarray(MEAN_RGB, jnp.float32)) / 255
+  return preprocessing.preprocess(jnp.asarray(images), 'face_api')
 
 
 class Conv(nn.Module):
@@ -146,5 +149,5 @@ def param_shapes():
 def load_params(weights_dir):
   """Restores a folder written by `python -m weights_convert --source face_resnet` as (params,
   metadata); one-line errors as weights_folder.load's."""
-  return weights_folder.load(weights_dir, 'face_resnet', 'face_resnet', param_shapes(), CONVERT_COMMAND,
-                             '--tarball or --model-dir', '--config.weights')
+  return weights_folder.load(weights_dir, 'face_resnet', 'face_resnet', param_shapes(),
+                             CONVERT_COMMAND, '--tarball or --model-dir', '--config.weights')

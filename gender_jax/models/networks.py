@@ -125,9 +125,7 @@ class FaceResNetBase(face_resnet.FaceResNet):
     if self.features not in FACE_RESNET_FEATURES:
       raise ValueError(f'Unknown features {self.features!r}; expected one of '
                        f'{FACE_RESNET_FEATURES}.')
-    x = self.encode(x)
-    if self.features == 'descriptor':
-      x = x @ self.fc.astype(self.dtype)
+    x = super().__call__(x) if self.features == 'descriptor' else self.encode(x)
     return x[:, None, None, :]
 
 
@@ -197,8 +195,7 @@ REGISTRY = {
     'vgg16': ModelInfo('imagenet', lambda config: len(VGG16_BLOCKS), VGG16_BLOCK_NAMES),
     'vggface': ModelInfo('vggface', lambda config: len(VGG16_BLOCKS), VGG16_BLOCK_NAMES),
     # A strided 7x7 convolution, a max-pool and four strided residual blocks.
-    'face_resnet': ModelInfo('face_resnet', lambda config: 6,
-                             ('conv32', 'conv64', 'conv128', 'conv256', 'fc'),
+    'face_resnet': ModelInfo('face_resnet', lambda config: 6, face_resnet.BLOCK_NAMES,
                              FACE_RESNET_MIN_SIZE),
 }
 NORMS = ('none', 'batch', 'group')

@@ -84,6 +84,8 @@ def load(weights_dir, expected_source=None):
     metadata = json.loads((weights_dir / 'metadata.json').read_text())
   except ValueError as e:
     raise _missing(weights_dir, expected_source, f'metadata.json is unreadable: {e}') from e
+  if not isinstance(metadata, dict):
+    raise _missing(weights_dir, expected_source, 'metadata.json holds no JSON object')
 
   source = metadata.get('source')
   if expected_source is not None and source != expected_source:
@@ -122,14 +124,9 @@ def load_base(config):
   if source is None:
     return None, None
   try:
-    if source != 'face_resnet':
-      return load(config.weights, expected_source=source)
-    if not str(config.weights or ''):
-      folder = weights_folder.convert_target('weights/face_resnet', source)[0]
-      raise weights_folder.MissingWeightsError(
-          f'No weights folder is set (config.weights is empty); pass --config.weights={folder}, '
-          f'made with: {face_resnet.CONVERT_COMMAND.format(folder)}')
-    return face_resnet.load_params(config.weights)
+    if source == 'face_resnet':
+      return face_resnet.load_params(config.weights)
+    return load(config.weights, expected_source=source)
   except weights_folder.MissingWeightsError:
     if not config.allow_random_base:
       raise

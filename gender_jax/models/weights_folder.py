@@ -49,11 +49,12 @@ def in_the_way(folder, source):
 
 
 def source_sha256(metadata):
-  """The sha256 of the file a converted folder's weights came from (the Keras h5, the npm
-  tarball or the wheel), from its metadata; None where there is none (random or no weights)."""
+  """The sha256 of the file a converted folder's weights came from (the Keras h5, face-api's
+  weights shard, MTCNN's wheel; the npm tarball for face_resnet folders converted before the
+  shard's was recorded), from its metadata; None where there is none (random or no weights)."""
   metadata = metadata or {}
-  return (metadata.get('h5_sha256') or metadata.get('tarball_sha256')
-          or metadata.get('wheel_sha256'))
+  return (metadata.get('h5_sha256') or metadata.get('weights_sha256')
+          or metadata.get('wheel_sha256') or metadata.get('tarball_sha256'))
 
 
 def convert_target(weights_dir, source):
@@ -94,6 +95,11 @@ def load(weights_dir, source, name, expected, command, offline, flag):
   Raises MissingWeightsError when the folder is missing or incomplete, WeightsMismatchError when
   it holds other weights; both one line, naming the folder and the command that makes it.
   """
+  if not str(weights_dir or ''):  # Path('') would be the working directory.
+    out = convert_target(f'weights/{source}', source)[0]
+    raise MissingWeightsError(
+        f'No {name} weights folder is set ({flag} is empty); pass {flag}={out}, made with: '
+        f'{command.format(out)} (offline: {offline}).')
   weights_dir = pathlib.Path(weights_dir).expanduser().absolute()
   out, held = convert_target(weights_dir, source)
   make = f'make them with: {command.format(out)} (offline: {offline})'
@@ -109,6 +115,9 @@ def load(weights_dir, source, name, expected, command, offline, flag):
   except ValueError as e:
     raise MissingWeightsError(
         f'No {name} weights in {weights_dir} (metadata.json is unreadable: {e}); {make}.') from e
+  if not isinstance(metadata, dict):
+    raise MissingWeightsError(
+        f'No {name} weights in {weights_dir} (metadata.json holds no JSON object); {make}.')
   if metadata.get('source') != source or metadata.get('architecture') != source:
     raise WeightsMismatchError(
         f'{weights_dir} holds {metadata.get("source")!r} weights, not {name} ones; {make}.')

@@ -123,8 +123,7 @@ def results_record(*, config, metrics, best_epoch, epochs_trained, train_seconds
       'params': params,
       'weights': weights_metadata and {
           'source': weights_metadata['source'],
-          'h5_sha256': weights_metadata.get('h5_sha256'),
-          'sha256': weights_folder.source_sha256(weights_metadata),  # Of any source's file.
+          'sha256': weights_folder.source_sha256(weights_metadata),
           'random_base': bool(weights_metadata.get('random_base'))},
       'data_dir': os.path.abspath(config.data_dir), 'config': config.to_dict(),
       'git_commit': git_commit, 'devices': devices,
