@@ -176,6 +176,12 @@ def test_a_sweep_stopped_part_way_finishes_only_its_missing_points(
   (tmp_path / 'garbled.json').write_text('{"series": 3}')
   with pytest.raises(runs_lib.SweepSummaryError, match='garbled.json: not a sweep summary'):
     runs_lib.load_sweep_summary(tmp_path / 'garbled.json')
+  for field, value in (('seeds', '0,1'), ('train_seconds', 'fast')):  # Written by hand, wrongly.
+    record = json.loads(summary.read_text())
+    record['series']['custom']['16'][field] = value
+    (tmp_path / 'by_hand.json').write_text(json.dumps(record))
+    with pytest.raises(runs_lib.SweepSummaryError, match=f'custom/16: "{field}" is'):
+      runs_lib.load_sweep_summary(tmp_path / 'by_hand.json')
 
 
 def test_a_sweep_runs_the_frozen_base_once_per_image(

@@ -1,6 +1,6 @@
 """The comparison report: report.md and its figures from trained run directories.
 
-Usage: python -m gender_jax.report RUN_DIR... [--out DIR] [--data_dir DIR]
+Usage: python -m gender_jax.report RUN_DIR... [--out DIR] [--data_dir DIR] (--help: all flags)
 
 A RUN_DIR is a run directory (it holds a run's results) or a study directory whose subfolders are
 run directories; a study's study.json adds its skipped experiments, command and machine. This

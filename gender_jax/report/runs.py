@@ -122,8 +122,13 @@ def weights_provenance(weights):
     return 'none (trained from scratch)'
   if weights.get('random_base'):
     return '**RANDOM BASE (NOT PRETRAINED)**'
-  sha = weights.get('sha256') or weights.get('h5_sha256')  # Runs before 'sha256': h5 only.
+  sha = weights_sha256(weights)
   return f"{weights.get('source', '?')}" + (f' (sha256 {sha[:12]})' if sha else '')
+
+
+def weights_sha256(weights):
+  """The sha256 of the file a run's base weights came from, as results.json records it."""
+  return weights and (weights.get('sha256') or weights.get('h5_sha256'))  # Old runs: h5 only.
 
 
 def when(run):
@@ -193,7 +198,7 @@ class SummaryCurve:
 
   def seeds(self, size):
     seeds = self.sizes[size]['seeds']
-    return len(seeds) if isinstance(seeds, list) else int(seeds)
+    return len(seeds) if isinstance(seeds, list) else seeds
 
 
 def sweep_summary(groups, source):
@@ -213,6 +218,10 @@ def sweep_summary(groups, source):
   return {'source': source, 'series': series}
 
 
+def _whole(value):
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def load_sweep_summary(path):
   """[SummaryCurve] of a SWEEP_SUMMARY file (written by a report, or by hand from published
   numbers); SweepSummaryError naming the file and what is wrong."""
@@ -222,8 +231,12 @@ def load_sweep_summary(path):
     for series, sizes in record['series'].items():
       points = {}
       for size, point in sizes.items():
-        points[int(size)] = {'seeds': point['seeds'],
-                             'train_seconds': point.get('train_seconds')}
+        seeds, seconds = point['seeds'], point.get('train_seconds')
+        if not (_whole(seeds) or isinstance(seeds, list) and seeds and all(map(_whole, seeds))):
+          raise TypeError(f'{series}/{size}: "seeds" is {seeds!r}, not a count or a list of them')
+        if seconds is not None and not isinstance(seconds, (int, float)):
+          raise TypeError(f'{series}/{size}: "train_seconds" is {seconds!r}, not a number')
+        points[int(size)] = {'seeds': seeds, 'train_seconds': seconds}
         for metric in SUMMARY_METRICS:
           if metric in point:
             mean, sd = point[metric]

@@ -2,8 +2,6 @@
 calibration, each as a list of lines."""
 import pathlib
 
-import numpy as np
-
 from gender_jax.analysis import metrics
 from gender_jax.analysis import stats
 from gender_jax import LABELS
@@ -42,7 +40,7 @@ def setup_section(study):
   lines += ['Weights of each base:', '']
   for run in study.runs:
     w = run.results.get('weights')
-    sha = w and (w.get('sha256') or w.get('h5_sha256'))
+    sha = runs_lib.weights_sha256(w)
     if sha and not w.get('random_base'):
       lines.append(f"- {run.name}: `{w.get('source')}`, sha256 of its source file `{sha}`")
     else:
@@ -84,36 +82,32 @@ def comparison_table(study):
 # --- Sweeps: sizes and seeds ---------------------------------------------------------------
 
 
-def _format_mean_sd(values):
-  mean, sd = stats.mean_sd(values)
-  return f'{mean:.4f} ± {sd:.4f}' if len(values) > 1 else f'{mean:.4f}'
+def _sweep_row(series, size, point, cell):
+  """A sweep table's row of one SWEEP_SUMMARY point; cell(mean, sd) writes a metric's."""
+  seeds = point['seeds']
+  seeds = ','.join(map(str, seeds)) if isinstance(seeds, list) else f'{seeds} seeds'
+  cells = [cell(*point[m]) if m in point else '' for m in runs_lib.SUMMARY_METRICS]
+  seconds = point.get('train_seconds')
+  return (f'| {series} | {size} | {seeds} | {" | ".join(cells)} | '
+          f'{"" if seconds is None else f"{seconds:.0f}"} |')
 
 
 def sweep_table(groups, summaries=()):
-  """Markdown rows of mean ± sd over seeds per series and training-set size; then the rows of
-  `summaries` (curves measured elsewhere, runs_lib.SummaryCurve), marked †."""
+  """Markdown rows of mean ± sd over seeds per series and training-set size (the sweep summary
+  of the runs, as SWEEP_SUMMARY records it); then the rows of `summaries` (curves measured
+  elsewhere, runs_lib.SummaryCurve), marked †."""
   lines = ['| Model | Train images | Seeds | Test accuracy | Test balanced accuracy | '
            'Test ROC AUC | Best valid accuracy | Train time (s) |', '|' + '---|' * 8]
-  for series, sizes in groups.items():
-    for size, runs in sizes.items():
-      seeds = ','.join(str(r.train_seed) for r in sorted(runs, key=lambda r: r.train_seed))
-      m = [r.results['metrics'] for r in runs]
-      lines.append(
-          f'| {series} | {size} | {seeds} | {_format_mean_sd([x["accuracy"] for x in m])} | '
-          f'{_format_mean_sd([x.get("balanced_accuracy", np.nan) for x in m])} | '
-          f'{_format_mean_sd([x["roc_auc"] for x in m])} | '
-          f'{_format_mean_sd([r.best_valid_accuracy for r in runs])} | '
-          f'{np.mean([r.results.get("train_seconds", np.nan) for r in runs]):.0f} |')
+  for series, sizes in runs_lib.sweep_summary(groups, source='')['series'].items():
+    for size, point in sizes.items():
+      single = len(point['seeds']) == 1
+      lines.append(_sweep_row(series, size, point, lambda mean, sd, single=single: (
+          f'{mean:.4f}' if single else f'{mean:.4f} ± {sd:.4f}')))
   for curve in summaries:
     for size, point in curve.sizes.items():
-      seeds = point['seeds']
-      seeds = ','.join(map(str, seeds)) if isinstance(seeds, list) else f'{seeds} seeds'
       # As precise as the source gives them, up to 4 significant digits.
-      cells = [(f'{point[m][0]:.4g} ± {point[m][1]:.4g}' if m in point else '')
-               for m in runs_lib.SUMMARY_METRICS]
-      seconds = point.get('train_seconds')
-      lines.append(f'| {curve.series}† | {size} | {seeds} | {" | ".join(cells)} | '
-                   f'{"" if seconds is None else f"{seconds:.0f}"} |')
+      lines.append(_sweep_row(f'{curve.series}†', size, point,
+                              lambda mean, sd: f'{mean:.4g} ± {sd:.4g}'))
   return '\n'.join(lines)
 
 
