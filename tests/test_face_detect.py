@@ -18,8 +18,10 @@ from PIL import Image
 import pytest
 
 import facenet_reference
+from gender_jax.faces import boxes as boxes_lib
 from gender_jax.faces import detect
 from gender_jax.faces import mtcnn
+from gender_jax.faces import pyramid
 from gender_jax.models import pretrained
 from gender_jax.models import weights_folder
 from weights_convert import download, torch_legacy
@@ -314,6 +316,17 @@ def test_load_of_a_missing_folder_names_it_and_the_command(tmp_path):
   assert f'python -m weights_convert --source mtcnn --download --out {tmp_path}/nowhere' in message
 
 
+def test_load_of_no_folder_or_a_metadata_json_of_no_object_says_so(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # An empty setting is not the working directory.
+  with pytest.raises(weights_folder.MissingWeightsError,
+                     match='--config.face_detector_weights is empty.*--out weights/mtcnn'):
+    detect.load_detector('')
+  (tmp_path / 'w' / 'params').mkdir(parents=True)
+  (tmp_path / 'w' / 'metadata.json').write_text('[]')
+  with pytest.raises(weights_folder.MissingWeightsError, match='holds no JSON object'):
+    detect.load_detector(tmp_path / 'w')
+
+
 def test_load_refuses_other_weights_and_suggests_another_folder(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   (tmp_path / 'params').mkdir()
@@ -352,28 +365,36 @@ def test_networks_equal_facenet_pytorchs(params, reference):  # pylint: disable=
 
 
 @pytest.mark.parametrize('size', [(301, 157), (45, 33)])  # Tiled; padded to a size bucket.
-def test_pnet_in_tiles_and_buckets_equals_pnet_on_the_whole_level(size, detector, params):  # pylint: disable=redefined-outer-name
+def test_pnet_in_tiles_and_buckets_equals_pnet_on_the_whole_level(size, params):  # pylint: disable=redefined-outer-name
   level = np.random.default_rng(1).uniform(-1, 1, (2, *size, 3)).astype(np.float32)
   reg, prob = mtcnn.PNet().apply({'params': params['pnet']}, level)
-  got_prob, got_reg = detector._pnet_level(level)  # pylint: disable=protected-access
+  # Padded below and right to a size bucket, as the cascade pads its images.
+  num, h, w = level.shape[:3]
+  padded = np.zeros((num, pyramid.bucket(h, 8, 12), pyramid.bucket(w, 8, 12), 3), np.float32)
+  padded[:, :h, :w] = level
+  got_prob, got_reg = detect._pnet(params['pnet'], padded, np.tile(np.int32([h, w]), (num, 1)))  # pylint: disable=protected-access
+  cells = (slice(None), slice(pyramid.pnet_cells(h)), slice(pyramid.pnet_cells(w)))
+  got_prob, got_reg = got_prob[cells], got_reg[cells]
   np.testing.assert_allclose(got_prob, prob[..., 1], atol=1e-5)
   np.testing.assert_allclose(got_reg, reg, atol=1e-5)
 
 
 def test_area_resize_is_torchs_area_interpolation_bit_for_bit():
+  # The summed-area resizes of the pyramid (whole images) and of the crops between the networks.
   torch = _torch()
   images = np.random.default_rng(2).integers(0, 256, (3, 109, 89, 3), dtype=np.uint8)
   table = detect.summed_area(images)
   as_torch = torch.as_tensor(images).permute(0, 3, 1, 2).float()
   for h, w in [(66, 54), (17, 14), (200, 150)]:  # Pyramid levels, and an enlargement.
     expected = torch.nn.functional.interpolate(as_torch, size=(h, w), mode='area')
-    got = detect.area_resize(table, np.arange(3), detect.area_windows(109, h),
-                                  detect.area_windows(89, w))
+    got = detect._shared_area_resize(table, detect.area_windows(109, h),  # pylint: disable=protected-access
+                                     detect.area_windows(89, w))
     np.testing.assert_array_equal(got, expected.permute(0, 2, 3, 1).numpy())
   crops = [(0, 5, 80, 7, 70), (2, 30, 50, 0, 89), (1, 100, 109, 80, 89)]  # image, y, ey, x, ex
   image, y, ey, x, ex = (np.array(c) for c in zip(*crops))
-  got = detect.area_resize(table, image, detect.area_windows(ey - y, 24, y),
-                                detect.area_windows(ex - x, 24, x))
+  got = detect._crop_area_resize(table.reshape(-1, 3), *table.shape[1:3], image,  # pylint: disable=protected-access
+                                 detect.area_windows(ey - y, 24, y),
+                                 detect.area_windows(ex - x, 24, x))
   for g, (i, y0, y1, x0, x1) in zip(got, crops):
     expected = torch.nn.functional.interpolate(as_torch[i:i + 1, :, y0:y1, x0:x1], (24, 24),
                                                mode='area')
@@ -395,7 +416,12 @@ def test_nms_is_torchvisions(reference):  # pylint: disable=unused-argument,rede
   for threshold in (0.5, 0.7):
     boxes, scores = _random_boxes(rng, 300)
     expected = torchvision.ops.nms(torch.as_tensor(boxes), torch.as_tensor(scores), threshold)
-    np.testing.assert_array_equal(detect.nms(boxes, scores, threshold), expected.numpy())
+    # The cascade's device NMS: which boxes it keeps, in torchvision's order (by score, stable).
+    kept = np.flatnonzero(boxes_lib.greedy_keep(
+        boxes_lib.overlapping(boxes_lib.iou(boxes), threshold, boxes_lib.precedes(-scores)),
+        np.ones(len(scores), bool)))
+    np.testing.assert_array_equal(kept[np.argsort(-scores[kept], kind='stable')],
+                                  expected.numpy())
 
 
 def test_nms_min_is_facenet_pytorchs(reference):  # pylint: disable=unused-argument,redefined-outer-name

@@ -12,6 +12,7 @@ from gender_jax.data import input_cache
 from gender_jax.data import protocol
 from gender_jax.faces import align
 from gender_jax.faces import detect
+from gender_jax.faces import inputs
 
 # Typical landmarks of a CelebA crop, 89x109 (eyes, nose, mouth corners).
 CELEBA_POINTS = np.array([[31.0, 53.0], [57.0, 53.0], [44.0, 66.0], [33.0, 79.0], [55.0, 79.0]])
@@ -291,6 +292,15 @@ def test_faces_are_found_each_image_alone_whatever_asks_first(synthetic_faces, t
   a, b = (sorted(map(tuple, d.batches)) for d in detectors)
   assert a == b  # The same batches, whichever protocol came first.
   assert all(len(batch) == 1 for batch in a)
+
+
+def test_a_folders_faces_are_found_each_image_alone_too(synthetic_faces):
+  # As in a dataset and in predict: a photo's landmarks must not depend on the photos beside it.
+  detector = BatchRecordingDetector()
+  protocol.load_folder(synthetic_faces / 'valid', inputs.FaceInput.from_config(
+      _aligned_config(synthetic_faces, '', face_template=tuple(CELEBA_POINTS.ravel() / 100))),
+                       detector)
+  assert len(detector.batches) == 20 and all(len(batch) == 1 for batch in detector.batches)
 
 
 def test_caches_of_other_weights_or_an_older_face_finding_are_not_reused(monkeypatch):

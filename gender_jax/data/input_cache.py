@@ -117,16 +117,21 @@ def _damaged(builder):
                      f'rebuild it.')
 
 
-def _detect(detector, images):
-  """Landmarks of the largest face in each decoded Pillow image."""
-  arrays = [np.asarray(image) for image in images]
-  marks = Landmarks.empty(len(arrays))
-  marks.sizes[:] = [(a.shape[1], a.shape[0]) for a in arrays]
-  for i, found in enumerate(detector.detect(arrays)):
+def _find_each(detector, images, marks, rows, bar):
+  """Fills marks[rows] with the landmarks of the largest face in each decoded Pillow image.
+
+  Each image is found alone: batched detection rounds differently with other images beside it
+  (by ~1e-5 px), and a photo's landmarks must not depend on what came with it: the same in a
+  dataset whatever rows were asked for, in a folder and in predict.
+  """
+  for row, image in zip(rows, images):
+    array = np.asarray(image)
+    marks.sizes[row] = array.shape[1], array.shape[0]
+    found = detector.detect([array])[0]
     face = align.largest_face(found)
     if face is not None:
-      marks.points[i], marks.found[i] = found.landmarks[face], True
-  return marks
+      marks.points[row], marks.found[row] = found.landmarks[face], True
+    bar.update()
 
 
 def _saved_landmarks(path, count):
@@ -146,9 +151,7 @@ def cached_landmarks(builder, split, rows, detector, detector_id):
   """Landmarks of every record of a split (those of `rows` filled), found once per detector.
 
   Kept in the dataset's folder beside the decoded images, filled in as protocols ask for rows:
-  the faces of exactly the records asked for are found, each image alone. Batched detection
-  rounds differently with another batch (by ~1e-5 px), so a record's landmarks must not depend
-  on which other records a protocol asked for with it.
+  the faces of exactly the records asked for are found, each image alone (`_find_each`).
   """
   path = os.path.join(os.fspath(builder.data_dir), f'landmarks-{split}-{detector_id}.npz')
   num_records = builder.info.splits[split].num_examples
@@ -165,10 +168,7 @@ def cached_landmarks(builder, split, rows, detector, detector_id):
                       for r in source.__getitems__(window.tolist())]
           except image_files.BadImageError:
             _damaged(builder)
-          for row, image in zip(window, images):
-            for field, values in zip(marks, _detect(detector, [image])):
-              field[row] = values[0]
-            bar.update()
+          _find_each(detector, images, marks, window, bar)
           done[window] = True
       with full_disk.writing(path, full_disk.DATASET_FIX), full_disk.replacing(path) as tmp:
         np.savez(tmp, done=done, **marks._asdict())
@@ -199,15 +199,13 @@ def _folder_landmarks(read, count, detector, bad):
   marks = Landmarks.empty(count)
   with tqdm.tqdm(total=count, desc='Finding faces', unit=' img') as bar:
     for start in range(0, count, _DETECT_WINDOW):
-      window, images = [], []
-      for k in range(start, min(count, start + _DETECT_WINDOW)):
+      window, images, end = [], [], min(count, start + _DETECT_WINDOW)
+      for k in range(start, end):
         try:
           images.append(image_files.decode_rgb(read(k)))
           window.append(k)
         except image_files.BadImageError as e:
           bad.append((k, str(e)))
-      if images:
-        for field, values in zip(marks, _detect(detector, images)):
-          field[window] = values
-      bar.update(min(count, start + _DETECT_WINDOW) - start)
+      bar.update(end - start - len(window))  # The undecodable ones.
+      _find_each(detector, images, marks, window, bar)
   return marks

@@ -72,7 +72,7 @@ def _float32_below(threshold):
 def iou(boxes):
   """torchvision's IoU of every pair of boxes (..., K, 4) -> (..., K, K), areas without +1."""
   x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
-  area = (x2 - x1) * (y2 - y1)
+  area = product(x2 - x1, y2 - y1)
   w = jnp.maximum(0.0, jnp.minimum(x2[..., :, None], x2[..., None, :])
                   - jnp.maximum(x1[..., :, None], x1[..., None, :]))
   h = jnp.maximum(0.0, jnp.minimum(y2[..., :, None], y2[..., None, :])

@@ -110,15 +110,17 @@ def _window_means(sums, rows, cols):
 
 
 def _shared_area_resize(table, rows, cols):
-  """area_resize of every image in table onto the same (m,) windows: rows, then columns."""
+  """torch's interpolate(mode='area'), bit for bit, of every image of summed-area tables
+  `table` onto the same (m,) (start, end) windows of `area_windows`: rows, then columns."""
   (r0, r1), (c0, c1) = rows, cols
   band = table[:, r1] - table[:, r0]
   return _window_means(band[:, :, c1] - band[:, :, c0], (r0[:, None], r1[:, None]), (c0, c1))
 
 
 def _crop_area_resize(corners, height, width, index, rows, cols):
-  """area_resize of one crop per index from tables of `height` x `width` entries, flattened
-  to corners (N, 3): one index per corner, cheaper than three."""
+  """torch's interpolate(mode='area'), bit for bit, of one crop per index (K,) of summed-area
+  tables of `height` x `width` entries, flattened to corners (N, 3) (one index per corner,
+  cheaper than three), onto (K, m) windows of `area_windows`."""
   (r0, r1), (c0, c1) = rows, cols
   top, bottom = ((index[:, None, None] * height + r[:, :, None]) * width for r in (r0, r1))
   left, right = c0[:, None, :], c1[:, None, :]
@@ -127,37 +129,9 @@ def _crop_area_resize(corners, height, width, index, rows, cols):
   return _window_means(sums, (r0[:, :, None], r1[:, :, None]), (left, right))
 
 
-def area_resize(table, index, rows, cols):
-  """torch.nn.functional.interpolate(mode='area') from summed-area tables, bit for bit.
-
-  table[index] are the images; rows/cols are (start, end) windows from `area_windows`, either
-  (m,) for all images or (K, m) for one crop per index. Returns float32 (K, rows, cols, 3).
-  """
-  index = jnp.asarray(index)
-  if rows[0].ndim == 1:
-    return _shared_area_resize(table[index], rows, cols)
-  return _crop_area_resize(table.reshape(-1, table.shape[-1]), *table.shape[1:3], index, rows,
-                           cols)
-
-
 def normalize(pixels):
   """MTCNN's input scaling, in float32 as detect_face: (x - 127.5) / 128."""
   return (pixels - np.float32(127.5)) * np.float32(0.0078125)
-
-
-def nms(boxes, scores, threshold):
-  """torchvision.ops.nms on CPU: indices kept, highest score first (stable sort, so ties keep
-  input order); the device NMS the cascade runs."""
-  scores = np.asarray(scores)
-  kept = np.flatnonzero(_nms_keep(jnp.asarray(boxes), jnp.asarray(scores), threshold))
-  return kept[np.argsort(-scores[kept], kind='stable')]
-
-
-@functools.partial(jax.jit, static_argnames='threshold')
-def _nms_keep(boxes, scores, threshold):
-  suppresses = boxes_lib.overlapping(boxes_lib.iou(boxes), threshold,
-                                     boxes_lib.precedes(-scores))
-  return boxes_lib.greedy_keep(suppresses, jnp.ones(scores.shape, bool))
 
 
 def nms_min(boxes, scores, threshold):
@@ -387,16 +361,6 @@ class Detector:
         for i, f in zip(chunk, found):
           faces[i] = f
     return faces
-
-  def _pnet_level(self, level):
-    """P-Net on a (B, h, w, 3) level padded as the cascade pads images: (prob (B, h', w'), reg
-    (B, h', w', 4))."""
-    num, h, w = level.shape[:3]
-    padded = np.zeros((num, pyramid.bucket(h, 8, 12), pyramid.bucket(w, 8, 12), 3), np.float32)
-    padded[:, :h, :w] = level
-    prob, reg = _pnet(self.params['pnet'], padded, np.tile(np.int32([h, w]), (num, 1)))
-    cells = (slice(None), slice(pyramid.pnet_cells(h)), slice(pyramid.pnet_cells(w)))
-    return prob[cells], reg[cells]
 
   def _detect_same_size(self, images):
     """The cascade on images of one size. Between stages the host reads the counts, to size the

@@ -44,9 +44,9 @@ class PNet(nn.Module):
   @nn.compact
   def __call__(self, x, valid=None):
     """x: (B, H, W, 3) normalised images. `valid` (B, 2): each image's true (h, w) when x is
-    zero-padded below and right to a shared shape; outputs from row `pyramid.pnet_cells(h)`
-    (and column `pyramid.pnet_cells(w)`) on are then meaningless, the others equal the unpadded
-    image's."""
+    padded (with any values) below and right to a shared shape; outputs from row
+    `pyramid.pnet_cells(h)` (and column `pyramid.pnet_cells(w)`) on are then meaningless, the
+    others equal the unpadded image's."""
     x = PReLU(name='prelu1')(nn.Conv(10, (3, 3), padding='VALID', name='conv1')(x))
     if valid is not None:
       # Padded pixels must not enter the ceil-mode pool's last, partial window.
