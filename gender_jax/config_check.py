@@ -22,6 +22,9 @@ CHOICES = {
     'optimizer': ('adam', 'sgd'),
     'lr_schedule': ('constant', 'cosine'),
 }
+# The smallest zoom a training image may get: the step's warp has no antialiasing filter for
+# more (`augment_scale` and, with it, `augment_aspect` are bounded by it).
+MIN_ZOOM = 0.7
 # field: (lowest, highest, whether the lowest itself is accepted); None: no bound.
 RANGES = {
     'num_epochs': (1, None, True), 'batch_size': (1, None, True),
@@ -30,8 +33,8 @@ RANGES = {
     'warmup_epochs': (0, None, True), 'dropout_rate': (0, 1, True),
     'head_input_dropout': (0, 1, True), 'max_bad_fraction': (0, 1, True),
     'seed': (0, None, True), 'train_seed': (-1, None, True), 'face_zoom': (0, None, False),
-    # Zoom factors down to 0.7: the training step's warp has no antialiasing filter for more.
-    'augment_shift': (0, 1, True), 'augment_scale': (0, 0.3, True), 'augment_aspect': (0, 1, True),
+    'augment_shift': (0, 1, True), 'augment_scale': (0, round(1 - MIN_ZOOM, 6), True),
+    'augment_aspect': (0, 1, True),
     'augment_rotate': (0, 180, True), 'augment_brightness': (0, 1, True),
     'augment_contrast': (0, 1, True), 'augment_saturation': (0, 1, True),
     'custom_convs_per_block': (1, None, True),
@@ -89,6 +92,11 @@ def problems(config, num_devices=1):
     unknown = [b for b in config.finetune_blocks if b not in info.block_names]
     if unknown:
       bad('finetune_blocks', f'block names among {", ".join(info.block_names)}')
+  width_zoom = (1 - config.augment_scale) * (1 - config.augment_aspect)
+  if width_zoom < MIN_ZOOM:
+    bad('augment_aspect', f'<= {1 - MIN_ZOOM / (1 - config.augment_scale):.3g}: with '
+        f'augment_scale={config.augment_scale} the width would shrink to {width_zoom:.3g}, below '
+        f'{MIN_ZOOM} (the training step\'s warp has no antialiasing filter for more)')
   if config.warmup_epochs > config.num_epochs:
     bad('warmup_epochs', f'<= num_epochs ({config.num_epochs})')
   return found

@@ -75,6 +75,8 @@ def copy_of(finished, tmp_path):
     ('num_train', -2, 'or -1 for all'),
     ('learning_rate', 0.0, '> 0'),
     ('dropout_rate', 1.5, '<= 1'),
+    ('augment_scale', 0.4, '<= 0.3'),
+    ('augment_aspect', 1.0, '<= 0.3: with augment_scale=0.0 the width would shrink to 0'),
     ('weights', 'weights/imagenet', 'the custom model trains from scratch'),
 ])
 def test_each_bad_field_is_one_line_naming_field_value_and_what_is_accepted(
