@@ -54,7 +54,8 @@ def _features(split, key, encode):
     if len(todo):
       features = encode(split.take(todo))
       if lead:
-        with full_disk.writing(base + '.npy', full_disk.DATASET_FIX, features.nbytes):
+        written = features.size * 4  # Bytes as float32, whatever the base computed in.
+        with full_disk.writing(base + '.npy', full_disk.DATASET_FIX, written):
           cache[records.rows[todo]] = features.astype(np.float32)
           cache.commit()
     if jax.process_count() > 1:
