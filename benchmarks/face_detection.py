@@ -21,7 +21,7 @@ each of its module's jitted functions run to completion, timed (the device secon
 its results recorded; then each call returns the recorded results in turn, after handing the
 call's arrays to a jitted no-op, so dispatch's host side (argument handling, copies to the
 device) still counts. The host seconds are the main thread's CPU time, so other processes on
-the machine slow them little. `host_rate` is what benchmarks/host_feed.py prints.
+the machine slow them little. benchmarks/host_feed.py prints the `slowest` setting's rate.
 
   python benchmarks/face_detection.py --images=64 --rounds=2      # a quick check
   python benchmarks/face_detection.py --images=1024 --rounds=3 --json=face_detection.json
@@ -210,10 +210,9 @@ def host_rates(images=256, rounds=3, weights='', celeba_dir=CELEBA_DIR, utkface_
   return rates
 
 
-def host_rate(images=256, weights=''):
-  """The face finder's host work in photos/s now: the slowest of host_rates' settings."""
-  return min(rate for (name, _, _), rate in host_rates(images, weights=weights).items()
-             if name == 'now')
+def slowest(rates, implementation):
+  """The slowest of host_rates' settings for `implementation` ('now' or 'before'), photos/s."""
+  return min(rate for (name, _, _), rate in rates.items() if name == implementation)
 
 
 def same_faces(ours, theirs):

@@ -10,9 +10,15 @@ and Pillow, as before issue 33) is timed in the same run as the baseline, on the
 --before_images. Each setting runs
 --rounds times, taking turns; the median is shown.
 
+faces: the face finder's host work, device work replayed apart (benchmarks/face_detection.py
+--host): --face_photos CelebA crops and UTKFace chips, one photo per call and 64, now and before
+issue 33; the slowest setting's photos/s is printed. Needs ../shared/data and facenet-pytorch
+(for MTCNN's weights); skipped with a reason without them.
+
   python benchmarks/host_feed.py                        # 80, 112 and 224 px
   python benchmarks/host_feed.py --sizes=224 --images=2048 --rounds=5
   python benchmarks/host_feed.py --sizes=80 --epoch_size=80   # whole CPU epochs too
+  python benchmarks/host_feed.py --face_photos=0              # the training feed alone
 """
 import argparse
 import importlib.util
@@ -33,7 +39,8 @@ from gender_jax.data import batching
 from gender_jax.models import networks
 from gender_jax.training import sharded
 from gender_jax.training import train
-from train_step_frameworks import cpu_model, load_average  # Beside this file: sys.path[0].
+import face_detection  # Beside this file (sys.path[0]), as the next.
+from train_step_frameworks import cpu_model, load_average
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,6 +65,9 @@ def parse_args(argv=None):
   parser.add_argument('--epoch_size', type=int, default=0,
                       help='Also time whole training epochs at this size, device work included, '
                            'augmented in the step against on the host first (0: skip).')
+  parser.add_argument('--face_photos', type=int, default=256,
+                      help="CelebA crops and UTKFace chips each the face finder's host work is "
+                           'timed on (0: skip).')
   args = parser.parse_args(argv)
   args.sizes = [int(s) for s in args.sizes.split(',')]
   return args
@@ -111,6 +121,22 @@ def epoch_seconds(split, batch, jitter, mesh, state, on_device, reference, step)
   with tqdm.tqdm(disable=True) as bar:
     jax.block_until_ready(train.train_epoch(step, state, batches(), bar))
   return time.perf_counter() - start
+
+
+def face_rates(photos, rounds):
+  """{'now', 'before': the face finder's slowest host rate in photos/s}, printing each setting;
+  None, saying why, where the photos or MTCNN's weights are not here."""
+  missing = [folder for folder in (face_detection.CELEBA_DIR, face_detection.UTKFACE_DIR)
+             if not os.path.isdir(folder)]
+  if missing:
+    print(f'faces: skipped, no photos at {", ".join(missing)}')
+    return None
+  if importlib.util.find_spec('facenet_pytorch') is None:
+    print("faces: skipped, facenet-pytorch (MTCNN's weights) is not installed: install it as "
+          '.ci/run does')
+    return None
+  rates = face_detection.host_rates(photos, rounds)
+  return {name: face_detection.slowest(rates, name) for name in ('now', 'before')}
 
 
 def median_rate(images, seconds):
@@ -167,9 +193,16 @@ def main(argv=None):
                                               on_device, reference, step))
     device, host = (median_rate(n, times[k][1:]) for k in (True, False))
     print(f'epoch {args.epoch_size} px on {jax.devices()[0].platform}: augmented in the step '
-          f'{device:,.0f} img/s, on the host first (before) {host:,.0f} img/s: {device / host:.2f}x')
+          f'{device:,.0f} img/s, on the host first (before) {host:,.0f} img/s: '
+          f'{device / host:.2f}x')
+  faces = face_rates(args.face_photos, args.rounds) if args.face_photos else None
+  if faces:
+    print(f'face finder host work, slowest setting: {faces["now"]:,.0f} photos/s, before '
+          f'{faces["before"]:,.0f}: {faces["now"] / faces["before"]:.1f}x')
   for size, rate in feeds.items():
     print(f'feed {size} px: {rate:,.0f} img/s')
+  if faces:
+    print(f'faces: {faces["now"]:,.0f} img/s')
 
 
 if __name__ == '__main__':
