@@ -13,6 +13,7 @@ import shutil
 import zipfile
 
 from flax import traverse_util
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -409,17 +410,18 @@ def _random_boxes(rng, n):
   return boxes.astype(np.float32), scores.astype(np.float32)
 
 
-def test_nms_is_torchvisions(reference):  # pylint: disable=unused-argument,redefined-outer-name
+@pytest.mark.parametrize('pairs', [1 << 26, 1 << 18])  # All pairs at once; 256 columns at once.
+def test_nms_is_torchvisions(reference, pairs, monkeypatch):  # pylint: disable=unused-argument,redefined-outer-name
   torch = _torch()
   import torchvision  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(boxes_lib, 'NMS_PAIRS', pairs)
   rng = np.random.default_rng(3)
-  for threshold in (0.5, 0.7):
-    boxes, scores = _random_boxes(rng, 300)
+  for threshold, n in ((0.5, 64), (0.7, 1024)):
+    boxes, scores = _random_boxes(rng, n)
     expected = torchvision.ops.nms(torch.as_tensor(boxes), torch.as_tensor(scores), threshold)
     # The cascade's device NMS: which boxes it keeps, in torchvision's order (by score, stable).
-    kept = np.flatnonzero(boxes_lib.greedy_keep(
-        boxes_lib.overlapping(boxes_lib.iou(boxes), threshold, boxes_lib.precedes(-scores)),
-        np.ones(len(scores), bool)))
+    kept = np.flatnonzero(boxes_lib.nms(jnp.asarray(boxes), [-jnp.asarray(scores)], threshold,
+                                        jnp.ones(len(scores), bool)))
     np.testing.assert_array_equal(kept[np.argsort(-scores[kept], kind='stable')],
                                   expected.numpy())
 

@@ -7,8 +7,12 @@ cells they came from, compaction is a prefix sum and a scatter, and NMS compares
 place in facenet-pytorch's order instead of sorting by it. NMS is greedy NMS found as a fixed
 point: a box is kept unless a kept box before it overlaps it. Iterating that rule from "all
 kept" settles each box once every box before it has settled, so the loop ends at greedy NMS's
-exact answer, usually after a few rounds of whole-matrix work rather than one round per box.
+exact answer, usually after a few rounds of all-pairs work rather than one round per box. Each
+round computes the pairs a block of columns at a time, so memory grows with the boxes, not
+their square (a crowd photo has tens of thousands of candidate boxes).
 """
+import math
+
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
@@ -69,43 +73,62 @@ def _float32_below(threshold):
   return below if float(below) <= threshold else np.nextafter(below, np.float32(-np.inf))
 
 
-def iou(boxes):
-  """torchvision's IoU of every pair of boxes (..., K, 4) -> (..., K, K), areas without +1."""
-  x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
-  area = product(x2 - x1, y2 - y1)
-  w = jnp.maximum(0.0, jnp.minimum(x2[..., :, None], x2[..., None, :])
-                  - jnp.maximum(x1[..., :, None], x1[..., None, :]))
-  h = jnp.maximum(0.0, jnp.minimum(y2[..., :, None], y2[..., None, :])
-                  - jnp.maximum(y1[..., :, None], y1[..., None, :]))
+NMS_PAIRS = 1 << 26  # Box pairs NMS holds at once, over all images: a bound on its memory.
+
+
+def _pairs(values, columns):
+  """values (..., K) as rows (..., K, 1) and their `columns` (C,) as (..., 1, C)."""
+  return values[..., :, None], jnp.take(values, columns, axis=-1)[..., None, :]
+
+
+def iou(boxes, columns):
+  """torchvision's IoU of every box (..., K, 4) with those of `columns` (C,) -> (..., K, C),
+  areas without +1."""
+  (x1, x2), (y1, y2), (u1, u2), (v1, v2) = (_pairs(boxes[..., i], columns) for i in range(4))
+  area = lambda x1, y1, x2, y2: product(x2 - x1, y2 - y1)
+  w = jnp.maximum(0.0, jnp.minimum(u1, u2) - jnp.maximum(x1, x2))
+  h = jnp.maximum(0.0, jnp.minimum(v1, v2) - jnp.maximum(y1, y2))
   inter = product(w, h)
-  return quotient(inter, area[..., :, None] + area[..., None, :] - inter)
+  return quotient(inter, area(x1, y1, u1, v1) + area(x2, y2, u2, v2) - inter)
 
 
-def precedes(*keys):
-  """(..., K, K): whether slot i comes before slot j when sorted by keys (..., K) (the first
-  most significant, each ascending), ties in slot order: a stable sort's order, unsorted."""
-  k = keys[0].shape[-1]
-  before = jnp.triu(jnp.ones((k, k), bool), 1)
+def precedes(keys, columns):
+  """(..., K, C): whether slot i comes before slot j of `columns` (C,) when sorted by keys
+  (..., K) (the first most significant, each ascending), ties in slot order: a stable sort's
+  order, unsorted."""
+  before = jnp.arange(keys[0].shape[-1])[:, None] < columns[None, :]
   for key in reversed(keys):
-    a, b = key[..., :, None], key[..., None, :]
+    a, b = _pairs(key, columns)
     before = (a < b) | ((a == b) & before)
   return before
 
 
-def greedy_keep(suppresses, candidate):
-  """Greedy NMS: slot j is kept if it is a candidate and no kept slot i suppresses it
-  (suppresses[..., i, j], only where i comes before j). Exact for any number of rounds the
-  fixed point takes."""
+def nms(boxes, keys, threshold, candidate, group=None):
+  """torchvision.ops.nms of the `candidate` slots (..., K) of boxes (..., K, 4), in the order of
+  `keys` (as `precedes`), each box suppressing those after it with IoU > threshold (a double);
+  with `group` (..., K), only boxes of the same group. Returns which slots are kept. K is a
+  power of two."""
+  k, above = boxes.shape[-2], _float32_below(threshold)
+  fit = max(1, NMS_PAIRS // (math.prod(boxes.shape[:-2]) * k))
+  block = min(k, 1 << (fit.bit_length() - 1))  # Columns at once: a power of two, as k.
+
+  def suppresses(columns):  # (..., K, C): whether box i suppresses box j of columns.
+    pairs = (iou(boxes, columns) > above) & precedes(keys, columns)
+    return pairs if group is None else pairs & jnp.equal(*_pairs(group, columns))
+  by = lambda keep, pairs: jnp.any(keep[..., :, None] & pairs, axis=-2)
+  if block == k:  # All pairs at once: computed once, not at every round.
+    pairs = suppresses(jnp.arange(k))
+    suppressed = lambda keep: by(keep, pairs)
+  else:
+    blocks = jnp.arange(k).reshape(-1, block)
+    suppressed = lambda keep: jnp.moveaxis(
+        lax.map(lambda columns: by(keep, suppresses(columns)), blocks), 0, -2).reshape(keep.shape)
+
   def round_(state):
     keep, _ = state
-    new = candidate & ~jnp.any(keep[..., :, None] & suppresses, axis=-2)
+    new = candidate & ~suppressed(keep)
     return new, jnp.any(new != keep)
   return lax.while_loop(lambda state: state[1], round_, (candidate, jnp.array(True)))[0]
-
-
-def overlapping(iou_, threshold, before):
-  """torchvision.ops.nms's suppression: IoU > threshold (a double), from the box before."""
-  return (iou_ > _float32_below(threshold)) & before
 
 
 def regress(boxes, reg, plus_one):

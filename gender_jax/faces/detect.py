@@ -250,11 +250,8 @@ def _propose(cells, grid, threshold, slots):
   # Slots are in the cells' order, by level. facenet-pytorch takes each level by descending
   # score, ties in cell order, and then what the levels kept by descending score, ties in
   # level order: both are -score's order, ties in slot order.
-  iou, before = boxes_lib.iou(box), boxes_lib.precedes(-score)
-  keep = boxes_lib.greedy_keep(boxes_lib.overlapping(iou, 0.5, before)
-                               & (level[..., :, None] == level[..., None, :]),
-                               boxes_lib.in_use(count, slots))
-  keep = boxes_lib.greedy_keep(boxes_lib.overlapping(iou, 0.7, before), keep)
+  keep = boxes_lib.nms(box, [-score], 0.5, boxes_lib.in_use(count, slots), group=level)
+  keep = boxes_lib.nms(box, [-score], 0.7, keep)
   count, (box, score, reg) = boxes_lib.compact(keep, box, score, reg)
   box = boxes_lib.rerec(boxes_lib.regress(box, reg, 0))
   return jnp.concatenate([box, score[..., None]], axis=-1), count
@@ -299,10 +296,8 @@ def _rnet_stage(params, corners, frame, found, count, threshold, crops):
   out, ok = _through_network('rnet', params, corners, frame, found, count, crops)
   reg, prob, box, score = out[..., :4], out[..., 5], found[..., :4], found[..., 4]
   # facenet-pytorch's order here: R-Net's probability descending, ties in stage 1's order.
-  suppresses = boxes_lib.overlapping(boxes_lib.iou(box), 0.7,
-                                     boxes_lib.precedes(-prob, -score))
-  count, (box, prob, score, reg) = boxes_lib.compact(
-      boxes_lib.greedy_keep(suppresses, ok & (prob > threshold)), box, prob, score, reg)
+  keep = boxes_lib.nms(box, [-prob, -score], 0.7, ok & (prob > threshold))
+  count, (box, prob, score, reg) = boxes_lib.compact(keep, box, prob, score, reg)
   box = boxes_lib.rerec(boxes_lib.regress(box, reg, 1))
   return jnp.concatenate([box, prob[..., None], score[..., None]], axis=-1), count
 
