@@ -13,8 +13,6 @@ import zlib
 
 import numpy as np
 
-from gender_jax import full_disk
-
 
 class RecordArray:
   """A .npy file of rows (count, *row_shape), created zero-filled or opened as it is."""
@@ -145,8 +143,16 @@ class CheckedRows:
   def commit(self):
     """Makes the written rows durable, then their checksums, atomically."""
     self.array.flush()
-    with full_disk.replacing(self.base + '.rows.npy') as tmp, _named(tmp):
-      np.save(tmp, self.sums)
+    # full_disk.replacing, written out: importing it here would make the package's longest
+    # import chain longer than tests/test_layout.py allows.
+    tmp = f'{self.base}.rows.{os.getpid()}.tmp.npy'
+    try:
+      with _named(tmp):
+        np.save(tmp, self.sums)
+      os.replace(tmp, self.base + '.rows.npy')
+    finally:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)  # Left where saving failed.
 
 
 _VERIFY_WINDOW = 1024  # Rows read at once to check their checksums: bounds the memory held.
