@@ -1,7 +1,7 @@
 """Faces in real photos: a model trained on aligned CelebA faces, used through predict.
 
 configs/custom.py's face pipeline (MTCNN, its template and zoom) with a quicker recipe (fewer
-images, 64 px, flips only, 8 epochs) is trained on the real faces; the tests skip where the
+images, 48 px, flips only, 8 epochs) is trained on the real faces; the tests skip where the
 faces or facenet-pytorch's weights are missing.
 """
 import numpy as np
@@ -24,7 +24,7 @@ def face_run(tmp_path_factory, celeba_gender_dir, mtcnn_weights):
   config.update(dict(data_dir=str(celeba_gender_dir),
                      tfds_dir=str(tmp_path_factory.mktemp('tfds')),
                      face_detector_weights=str(mtcnn_weights), num_train=3000, num_valid=200,
-                     num_test=200, num_epochs=8, image_size=64, augment_scale=0.0,
+                     num_test=200, num_epochs=8, image_size=48, augment_scale=0.0,
                      augment_aspect=0.0, augment_rotate=0.0, augment_brightness=0.0,
                      augment_contrast=0.0, augment_saturation=0.0,
                      augment_frame=(0.0, 0.0, 0.0, 0.0)))
