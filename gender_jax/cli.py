@@ -29,8 +29,18 @@ _ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, err
 def environment_fault(error):
   """One line for an OSError of the environment or a full disk behind any error, or None for
   any other error."""
-  if full_disk.caused_by_full_disk(error):  # Where no write said which file: the path if known.
-    return str(full_disk.disk_full_error(getattr(error, 'filename', None), full_disk.ANY_FIX))
+  if full_disk.caused_by_full_disk(error):
+    return _disk_full(error)
+  return _os_fault(error)
+
+
+def _disk_full(error):
+  """The line of a full disk that no write named: the path of `error` if it has one."""
+  return str(full_disk.disk_full_error(getattr(error, 'filename', None), full_disk.ANY_FIX))
+
+
+def _os_fault(error):
+  """One line for an OSError of the environment (a missing or read-only path...), else None."""
   if not isinstance(error, OSError) or error.errno not in _ENVIRONMENT_ERRNOS:
     return None
   where = ' -> '.join(str(f) for f in (error.filename, error.filename2) if f)
@@ -134,10 +144,10 @@ def run(main):
             'last finished epoch.', file=sys.stderr)
       raise SystemExit(130) from None
     except Exception as e:  # pylint: disable=broad-exception-caught  # Re-raised unless a fault.
-      fault = environment_fault(e)
+      if full_disk.caused_by_full_disk(e):
+        _exit_at_once(f'error: {_disk_full(e)}')
+      fault = _os_fault(e)
       if fault is None:
         raise
-      if full_disk.caused_by_full_disk(e):
-        _exit_at_once(f'error: {fault}')
       raise SystemExit(f'error: {fault}') from None
   app.run(wrapped, flags_parser=_parse_flags)
